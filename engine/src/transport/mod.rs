@@ -1,0 +1,231 @@
+//! How steps reach a host: run a command, stat, read and atomically write a
+//! file. The local transport acts on this machine; the SSH transport on a
+//! remote host over one multiplexed connection. File operations have default
+//! implementations over `exec` (POSIX shell and coreutils on the target), so a
+//! transport only has to run commands well.
+
+pub mod local;
+pub mod shell;
+
+use async_trait::async_trait;
+use std::fmt;
+use std::time::Duration;
+
+pub use shell::quote;
+
+/// Run as another user through `sudo -n` (never prompts; a password prompt is an error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Become {
+    pub user: String,
+}
+
+impl Default for Become {
+    fn default() -> Self {
+        Self { user: "root".into() }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub enum Program {
+    /// Executed directly, no shell.
+    Argv(Vec<String>),
+    /// A script for `sh -c`.
+    Shell(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ExecRequest {
+    pub program: Program,
+    /// Bytes fed to the command's stdin (secrets travel here, never in argv).
+    pub stdin: Option<Vec<u8>>,
+    pub env: Vec<(String, String)>,
+    pub chdir: Option<String>,
+    pub become_: Option<Become>,
+    pub timeout: Option<Duration>,
+}
+
+impl ExecRequest {
+    pub fn argv<I, S>(argv: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::new(Program::Argv(argv.into_iter().map(Into::into).collect()))
+    }
+
+    pub fn shell(script: impl Into<String>) -> Self {
+        Self::new(Program::Shell(script.into()))
+    }
+
+    fn new(program: Program) -> Self {
+        Self {
+            program,
+            stdin: None,
+            env: Vec::new(),
+            chdir: None,
+            become_: None,
+            timeout: None,
+        }
+    }
+
+    #[must_use]
+    pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Self {
+        self.stdin = Some(bytes.into());
+        self
+    }
+
+    #[must_use]
+    pub fn become_(mut self, b: Option<Become>) -> Self {
+        self.become_ = b;
+        self
+    }
+
+    /// The whole request as one POSIX shell command line: `cd`, environment,
+    /// `timeout`, `sudo`, then the program. Used by transports that hand a
+    /// string to a remote shell.
+    pub fn to_shell_command(&self) -> String {
+        shell::command_line(self)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ExecOutput {
+    pub rc: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl ExecOutput {
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    pub fn stderr_str(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+    /// A one-paragraph error for a failed command: what ran, its status, the tail of stderr.
+    pub fn failure_message(&self, what: &str) -> String {
+        let what = what.lines().next().unwrap_or(what);
+        let what = if what.len() > 80 {
+            format!("{}...", &what[..what.floor_char_boundary(77)])
+        } else {
+            what.to_owned()
+        };
+        let err = self.stderr_str();
+        let err = err.trim();
+        let tail: Vec<&str> = err
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        if tail.is_empty() {
+            format!("`{what}` exited with status {}", self.rc)
+        } else {
+            format!("`{what}` exited with status {}: {}", self.rc, tail.join("\n"))
+        }
+    }
+}
+
+/// Metadata of a file on a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStat {
+    pub kind: FileKind,
+    /// Permission bits, e.g. `0o644`.
+    pub mode: u32,
+    pub owner: String,
+    pub group: String,
+    pub size: u64,
+    /// Hex SHA-256 of a regular file's content.
+    pub sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    File,
+    Directory,
+    Symlink,
+    Other,
+}
+
+/// Attributes to set on a written file; `None` leaves them as they are (or as umask makes them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileAttrs {
+    pub mode: Option<u32>,
+    pub owner: Option<String>,
+    pub group: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum TransportError {
+    /// Cannot connect, or the connection dropped.
+    Unreachable(String),
+    /// The command did not finish in time (it was killed).
+    Timeout(Duration),
+    /// Anything else (a file operation failed on the host, sudo wants a password, ...).
+    Failed(String),
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unreachable(m) => write!(f, "unreachable: {m}"),
+            Self::Timeout(d) => write!(f, "timed out after {}", humantime::format_duration(*d)),
+            Self::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for TransportError {}
+
+/// A connection to one host.
+#[async_trait]
+pub trait Transport: Send + Sync {
+    /// `local` or `ssh`, for messages.
+    fn kind(&self) -> &'static str;
+
+    async fn exec(&self, req: ExecRequest) -> Result<ExecOutput, TransportError>;
+
+    /// Metadata of `path`, or `None` when it does not exist.
+    async fn stat(&self, path: &str, become_: Option<&Become>) -> Result<Option<FileStat>, TransportError> {
+        let out = self
+            .exec(ExecRequest::shell(shell::stat_script(path)).become_(become_.cloned()))
+            .await?;
+        shell::parse_stat(path, &out)
+    }
+
+    /// Content of `path`, or `None` when it does not exist.
+    async fn read_file(&self, path: &str, become_: Option<&Become>) -> Result<Option<Vec<u8>>, TransportError> {
+        let out = self
+            .exec(ExecRequest::shell(shell::read_script(path)).become_(become_.cloned()))
+            .await?;
+        shell::parse_read(path, out)
+    }
+
+    /// Write `content` to `path` atomically: a temp file in the same directory,
+    /// attributes set on it, then renamed over the target. Content travels on stdin.
+    async fn write_file(
+        &self,
+        path: &str,
+        content: &[u8],
+        attrs: &FileAttrs,
+        become_: Option<&Become>,
+    ) -> Result<(), TransportError> {
+        let req = ExecRequest::shell(shell::write_script(path, attrs))
+            .stdin(content.to_vec())
+            .become_(become_.cloned());
+        let out = self.exec(req).await?;
+        if out.rc != 0 {
+            return Err(TransportError::Failed(format!(
+                "cannot write `{path}`: {}",
+                out.stderr_str().trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Close the connection at the end of the run.
+    async fn close(&self) {}
+}
