@@ -1,0 +1,1 @@
+//! API emulators (filled in by the API work).

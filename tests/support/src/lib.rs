@@ -1,0 +1,7 @@
+//! Test support and the local lab: real `sshd` processes on loopback as
+//! target hosts, and emulators of the Proxmox VE, GitLab and GitHub APIs
+//! written from their public documentation, strict about what the real
+//! servers reject. The end-to-end tests and `flowrun-lab` both use them.
+
+pub mod emulators;
+pub mod sshd;

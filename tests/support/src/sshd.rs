@@ -1,0 +1,1 @@
+//! Real sshd test hosts on loopback (filled in by the SSH work).
