@@ -1,1 +1,11 @@
-fn main() {}
+//! The `flowrun` command: arguments in, exit status out. Everything else lives
+//! in the engine and steps crates.
+
+mod cli;
+mod commands;
+mod output;
+
+fn main() {
+    let code = commands::main(cli::parse());
+    std::process::exit(code);
+}

@@ -4,9 +4,17 @@
 //! in through the [`step::StepKind`] registry.
 
 pub mod diag;
+pub mod exec;
 pub mod host;
+pub mod inventory;
+pub mod journal;
+pub mod loader;
 pub mod model;
 pub mod paths;
+pub mod plan;
+pub mod pool;
+pub mod registry;
+pub mod report;
 pub mod secrets;
 pub mod step;
 pub mod template;

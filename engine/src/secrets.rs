@@ -17,6 +17,63 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 pub const MASK: &str = "****";
 
+/// Resolve every secret a workflow declares, registering each value with the
+/// masker. A missing source is an error that points at the declaration.
+pub fn resolve(
+    defs: &indexmap::IndexMap<String, crate::model::SecretDef>,
+    masker: &Masker,
+) -> Result<serde_json::Map<String, serde_json::Value>, crate::diag::Diagnostics> {
+    use crate::diag::{Diagnostic, Diagnostics, Source};
+    use crate::model::SecretSource;
+    let mut out = serde_json::Map::new();
+    let mut errs = Diagnostics::default();
+    for (name, def) in defs {
+        let value = match &def.source {
+            SecretSource::Env(var) => {
+                std::env::var(var).map_err(|_| format!("secret `{name}`: environment variable `{var}` is not set"))
+            }
+            SecretSource::File(path) => std::fs::read_to_string(path)
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+                .map_err(|e| format!("secret `{name}`: cannot read `{}`: {e}", path.display())),
+            SecretSource::Command(cmd) => std::process::Command::new("sh")
+                .arg("-c")
+                .arg(cmd)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .map_err(|e| e.to_string())
+                .and_then(|o| {
+                    if o.status.success() {
+                        Ok(String::from_utf8_lossy(&o.stdout)
+                            .trim_end_matches(['\n', '\r'])
+                            .to_owned())
+                    } else {
+                        Err(format!("exited with {}", o.status))
+                    }
+                })
+                .map_err(|e| format!("secret `{name}`: its command failed: {e}")),
+        };
+        match value {
+            Ok(v) if v.len() < 3 => errs.push(located(
+                &def.file,
+                def.pos,
+                format!("secret `{name}` is shorter than 3 characters: too short to mask in output"),
+            )),
+            Ok(v) => {
+                masker.add(&v);
+                out.insert(name.clone(), serde_json::Value::String(v));
+            }
+            Err(m) => errs.push(located(&def.file, def.pos, m)),
+        }
+    }
+    fn located(file: &Path, pos: crate::diag::Pos, m: String) -> Diagnostic {
+        match Source::read(file) {
+            Ok(src) => Diagnostic::at(&src, pos, m),
+            Err(_) => Diagnostic::in_file(file, m),
+        }
+    }
+    errs.into_result(out)
+}
+
 /// Replaces known secret values with `****`.
 #[derive(Debug, Default)]
 pub struct Masker {

@@ -13,6 +13,11 @@ use std::time::Duration;
 
 pub use shell::quote;
 
+/// The connector for remote hosts (SSH), when this build has one.
+pub fn default_connector() -> Option<std::sync::Arc<dyn crate::pool::Connector>> {
+    None
+}
+
 /// Run as another user through `sudo -n` (never prompts; a password prompt is an error).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Become {

@@ -1,0 +1,95 @@
+//! Connections for a run: one transport per host, opened on first use and
+//! reused by every step on that host, reopened if the host's address changed
+//! during the run (a re-created VM), closed at the end.
+
+use crate::host::Host;
+use crate::transport::local::LocalTransport;
+use crate::transport::{Transport, TransportError};
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Opens remote connections (SSH in practice; tests may plug in others).
+#[async_trait]
+pub trait Connector: Send + Sync {
+    async fn connect(&self, host: &Host) -> Result<Arc<dyn Transport>, TransportError>;
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<(String, Arc<dyn Transport>)>>>;
+
+pub struct Pool {
+    local: Arc<dyn Transport>,
+    connector: Option<Arc<dyn Connector>>,
+    slots: Mutex<HashMap<String, Slot>>,
+}
+
+impl Pool {
+    pub fn new(connector: Option<Arc<dyn Connector>>) -> Self {
+        Self {
+            local: Arc::new(LocalTransport),
+            connector,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The transport for `host`, connecting if needed.
+    pub async fn get(&self, host: &Host) -> Result<Arc<dyn Transport>, TransportError> {
+        if host.is_local() {
+            return Ok(self.local.clone());
+        }
+        let Some(connector) = &self.connector else {
+            return Err(TransportError::Unreachable(format!(
+                "no SSH transport is available to reach `{}`",
+                host.name
+            )));
+        };
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(host.name.clone())
+            .or_default()
+            .clone();
+        let mut guard = slot.lock().await;
+        let address = host.address();
+        if let Some((addr, t)) = guard.as_ref() {
+            if *addr == address {
+                return Ok(t.clone());
+            }
+            t.close().await;
+        }
+        let t = connector.connect(host).await?;
+        *guard = Some((address, t.clone()));
+        Ok(t)
+    }
+
+    /// Forget a host's connection (it dropped); the next use reconnects.
+    pub async fn drop_host(&self, name: &str) {
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .cloned();
+        if let Some(slot) = slot {
+            if let Some((_, t)) = slot.lock().await.take() {
+                t.close().await;
+            }
+        }
+    }
+
+    pub async fn close_all(&self) {
+        let slots: Vec<Slot> = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        for s in slots {
+            if let Some((_, t)) = s.lock().await.take() {
+                t.close().await;
+            }
+        }
+    }
+}
