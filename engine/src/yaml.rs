@@ -111,7 +111,9 @@ pub fn parse(source: &Arc<Source>) -> Result<Yaml, Diagnostic> {
             value: YValue::Null,
         });
     }
-    match serde_saphyr::from_str::<Spanned<Node>>(&source.text) {
+    // YAML 1.2 booleans only: `yes`, `no`, `on`, `y` stay strings (no Norway problem).
+    let options = serde_saphyr::options! { strict_booleans: true };
+    match serde_saphyr::from_str_with_options::<Spanned<Node>>(&source.text, options) {
         Ok(node) => Ok(convert(node)),
         Err(err) => {
             let pos = err.location().map_or(Pos::new(1, 1), |l| pos_of(&l, 1));
@@ -259,6 +261,13 @@ mod tests {
         let e = parse(&src("a: [1, 2\nb: 3\n")).unwrap_err();
         assert_eq!(e.pos.unwrap().line, 2);
         assert!(e.message.starts_with("invalid YAML"), "{}", e.message);
+    }
+
+    #[test]
+    fn only_yaml_12_booleans() {
+        let y = parse(&src("a: [y, yes, on, no, true, False]\n")).unwrap();
+        let v = y.to_json();
+        assert_eq!(v["a"], serde_json::json!(["y", "yes", "on", "no", true, false]));
     }
 
     #[test]

@@ -1,0 +1,351 @@
+//! The executor against a test step kind whose every apply appends a line to
+//! a log file, so tests can prove what ran and what the journal skipped.
+
+use async_trait::async_trait;
+use flowrun_engine::exec::{self, NoEvents, RunEnv, RunError, RunOptions};
+use flowrun_engine::inventory::Inventory;
+use flowrun_engine::journal::Journal;
+use flowrun_engine::loader::{self, LoadContext};
+use flowrun_engine::plan;
+use flowrun_engine::pool::Pool;
+use flowrun_engine::registry::Registry;
+use flowrun_engine::report::{Outcome, RunReport, Status};
+use flowrun_engine::secrets::{Masker, SecretKey};
+use flowrun_engine::step::*;
+use serde_json::{json, Map, Value};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// `log`: appends `text` to `file` on apply; in sync when `state_file` (optional) exists.
+struct LogKind;
+static LOG_INFO: KindInfo = KindInfo {
+    name: "log",
+    version: 1,
+    doc: "test step",
+    params: &[
+        ParamSpec::req("file", ParamType::Str, "log file"),
+        ParamSpec::req("text", ParamType::Str, "line to append"),
+        ParamSpec::opt("fail", ParamType::Bool, "fail instead"),
+        ParamSpec::opt("sleep_ms", ParamType::Int, "sleep first"),
+    ],
+    one_of: &[],
+    outputs: &["text", "len"],
+    secret_outputs: &[],
+    journal: true,
+};
+
+struct LogStep {
+    file: PathBuf,
+    text: String,
+    fail: bool,
+    sleep_ms: u64,
+}
+
+impl StepKind for LogKind {
+    fn info(&self) -> &'static KindInfo {
+        &LOG_INFO
+    }
+    fn build(&self, p: &Map<String, Value>, _: &BuildContext<'_>) -> Result<Box<dyn Step>, StepError> {
+        Ok(Box::new(LogStep {
+            file: PathBuf::from(p["file"].as_str().unwrap()),
+            text: p["text"].as_str().map_or_else(|| p["text"].to_string(), str::to_owned),
+            fail: p.get("fail").is_some_and(|v| v == &json!(true) || v == &json!("true")),
+            sleep_ms: p.get("sleep_ms").and_then(Value::as_u64).unwrap_or(0),
+        }))
+    }
+}
+
+#[async_trait]
+impl Step for LogStep {
+    async fn check(&self, _: &StepContext) -> Result<Check, StepError> {
+        Ok(Check::Drift(Pending::new(format!("log `{}`", self.text))))
+    }
+    async fn apply(&self, _: &StepContext, _: Pending) -> Result<Applied, StepError> {
+        tokio::time::sleep(std::time::Duration::from_millis(self.sleep_ms)).await;
+        if self.fail {
+            return Err(StepError::failed(format!("failing on purpose: {}", self.text)));
+        }
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.file)
+            .unwrap();
+        f.write_all(format!("{}\n", self.text).as_bytes()).unwrap();
+        let mut o = Outputs::new();
+        o.insert("text".into(), json!(self.text));
+        o.insert("len".into(), json!(self.text.len()));
+        Ok(Applied::changed(o))
+    }
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, text.replace("LOG", self.path("log.txt").to_str().unwrap())).unwrap();
+        p
+    }
+    fn log(&self) -> Vec<String> {
+        std::fs::read_to_string(self.path("log.txt"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+    fn run_with(&self, wf: &Path, opts: RunOptions) -> Result<RunReport, RunError> {
+        let registry = Registry::new(vec![Box::new(LogKind)]);
+        let inv = Inventory::empty();
+        let extra = opts.extra_vars.clone();
+        let w = Arc::new(
+            loader::load(
+                wf,
+                &LoadContext {
+                    registry: &registry,
+                    inventory: &inv,
+                    extra_vars: &extra,
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let p = Arc::new(plan::plan(w, &inv, &extra, None).unwrap());
+        let journal = Arc::new(Journal::open(&self.path("journal.db")).unwrap());
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (_tx, rx) = tokio::sync::watch::channel(None);
+        rt.block_on(exec::run(
+            p,
+            opts,
+            RunEnv {
+                journal: Some(journal),
+                key: SecretKey::load_or_create(&self.path("journal.key")).unwrap(),
+                masker: Masker::global(),
+                secrets: Map::new(),
+                pool: Arc::new(Pool::new(None)),
+                sink: Arc::new(NoEvents),
+                interrupt: rx,
+            },
+        ))
+    }
+    fn run(&self, wf: &Path) -> RunReport {
+        self.run_with(wf, RunOptions::default()).unwrap()
+    }
+}
+
+fn count(r: &RunReport, s: Status) -> usize {
+    r.results.iter().filter(|x| x.status == s).count()
+}
+
+const DIAMOND: &str = r#"
+name: diamond
+vars: { greeting: hello }
+steps:
+  - id: a
+    uses: log
+    with: { file: LOG, text: "a {{greeting}}" }
+  - id: b
+    needs: [a]
+    uses: log
+    with: { file: LOG, text: "b after {{steps.a.outputs.text}}" }
+  - id: c
+    needs: [a]
+    uses: log
+    with: { file: LOG, text: "c {{item}}" }
+    for_each: [x, y]
+  - id: d
+    needs: [b, c]
+    uses: log
+    with: { file: LOG, text: "d {{steps.b.outputs.len}} {{json steps.c.results.0.item}}" }
+    notify: [h]
+  - id: e
+    uses: log
+    with: { file: LOG, text: e }
+    when: "{{eq greeting 'nope'}}"
+handlers:
+  - id: h
+    uses: log
+    with: { file: LOG, text: handler }
+"#;
+
+#[test]
+fn runs_dag_then_rerun_skips_everything_and_restores_outputs() {
+    let env = Env::new();
+    let wf = env.write("wf.yml", DIAMOND);
+    let r = env.run(&wf);
+    assert_eq!(r.outcome, Outcome::Success, "{:?}", r.results);
+    let log = env.log();
+    assert_eq!(log[0], "a hello");
+    assert!(log.contains(&"b after a hello".to_owned()));
+    assert!(log.contains(&"d 15 \"x\"".to_owned()), "{log:?}");
+    assert_eq!(log.last().unwrap(), "handler");
+    assert_eq!(log.len(), 6);
+    assert_eq!(count(&r, Status::Changed), 6);
+    assert_eq!(count(&r, Status::Skipped), 1);
+
+    let r2 = env.run(&wf);
+    assert_eq!(r2.outcome, Outcome::Success);
+    assert_eq!(env.log().len(), 6, "nothing ran again");
+    assert_eq!(count(&r2, Status::Changed), 0);
+    assert!(r2
+        .results
+        .iter()
+        .filter(|x| x.status == Status::Ok)
+        .all(|x| x.from_journal));
+    assert_eq!(count(&r2, Status::Ok), 5);
+}
+
+#[test]
+fn changed_parameter_reruns_that_step_and_its_dependents_only() {
+    let env = Env::new();
+    let wf = env.write("wf.yml", DIAMOND);
+    env.run(&wf);
+    let before = env.log().len();
+    let mut opts = RunOptions::default();
+    opts.extra_vars.insert("greeting".into(), json!("hi"));
+    let r = env.run_with(&wf, opts).unwrap();
+    let ran: Vec<String> = env.log()[before..].to_vec();
+    // a changed → b, c (both items), d re-run; the handler runs once more.
+    assert_eq!(ran.len(), 6, "{ran:?}");
+    assert!(ran.contains(&"a hi".to_owned()));
+    assert_eq!(count(&r, Status::Changed), 6);
+}
+
+#[test]
+fn failure_stops_dependents_and_the_next_run_resumes() {
+    let env = Env::new();
+    let text = r#"
+steps:
+  - id: one
+    uses: log
+    with: { file: LOG, text: one }
+  - id: two
+    needs: [one]
+    uses: log
+    with: { file: LOG, text: two, fail: "{{default fail_two false}}" }
+  - id: three
+    needs: [two]
+    uses: log
+    with: { file: LOG, text: three }
+  - id: other
+    uses: log
+    with: { file: LOG, text: other }
+"#;
+    let wf = env.write("wf.yml", text);
+    let mut opts = RunOptions::default();
+    opts.extra_vars.insert("fail_two".into(), json!(true));
+    let r = env.run_with(&wf, opts).unwrap();
+    assert_eq!(r.outcome, Outcome::Failed);
+    assert_eq!(count(&r, Status::Failed), 1);
+    let three = r.results.iter().find(|x| x.step_id == "three").unwrap();
+    assert_eq!(three.status, Status::Skipped);
+    assert!(three.message.as_deref().unwrap().contains("`two` did not succeed"));
+    let mut log = env.log();
+    log.sort();
+    assert_eq!(log, ["one", "other"], "{:?}", r.results);
+    let r2 = env.run(&wf);
+    assert_eq!(r2.outcome, Outcome::Success);
+    let log = env.log();
+    assert_eq!(log.len(), 4, "one and other were not run again: {log:?}");
+    assert_eq!(&log[2..], ["two", "three"]);
+}
+
+#[test]
+fn check_mode_writes_nothing_and_reports_would_change() {
+    let env = Env::new();
+    let wf = env.write("wf.yml", DIAMOND);
+    let r = env.run_with(
+        &wf,
+        RunOptions {
+            check: true,
+            ..RunOptions::default()
+        },
+    );
+    let r = r.unwrap();
+    assert!(env.log().is_empty());
+    assert_eq!(
+        r.results.iter().find(|x| x.step_id == "a").unwrap().status,
+        Status::Changed
+    );
+    // and the journal learnt nothing: a real run changes everything.
+    let r2 = env.run(&wf);
+    assert_eq!(count(&r2, Status::Changed), 6);
+}
+
+#[test]
+fn force_ignores_the_journal_and_verify_rechecks() {
+    let env = Env::new();
+    let wf = env.write("wf.yml", DIAMOND);
+    env.run(&wf);
+    env.run_with(
+        &wf,
+        RunOptions {
+            force: true,
+            ..RunOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(env.log().len(), 12);
+    // `log` always reports drift, so --verify re-applies.
+    let r = env
+        .run_with(
+            &wf,
+            RunOptions {
+                verify: true,
+                ..RunOptions::default()
+            },
+        )
+        .unwrap();
+    assert!(r.results.iter().all(|x| !x.from_journal));
+}
+
+#[test]
+fn a_second_run_is_refused_while_the_first_holds_the_lock() {
+    let env = Env::new();
+    let wf = env.write(
+        "wf.yml",
+        "steps:\n  - id: slow\n    uses: log\n    with: { file: LOG, text: slow, sleep_ms: 1500 }\n",
+    );
+    let wf2 = wf.clone();
+    // Two runs of the same workflow against one journal from two threads.
+    let env = Arc::new(env);
+    let e1 = env.clone();
+    let t = std::thread::spawn(move || e1.run(&wf2));
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let second = env.run_with(&wf, RunOptions::default());
+    assert!(matches!(second, Err(RunError::Locked(_))), "second run must be refused");
+    assert_eq!(t.join().unwrap().outcome, Outcome::Success);
+}
+
+#[test]
+fn retry_until_and_timeout() {
+    let env = Env::new();
+    let text = r#"
+steps:
+  - id: slow
+    uses: log
+    with: { file: LOG, text: slow, sleep_ms: 2000 }
+    timeout: 200ms
+  - id: until
+    uses: log
+    with: { file: LOG, text: try }
+    retry: { attempts: 3, delay: 10ms, backoff: 2, until: "{{eq outputs.text 'never'}}" }
+"#;
+    let wf = env.write("wf.yml", text);
+    let r = env.run(&wf);
+    let slow = r.results.iter().find(|x| x.step_id == "slow").unwrap();
+    assert_eq!(slow.status, Status::Failed);
+    assert!(slow.message.as_deref().unwrap().contains("timed out"), "{slow:?}");
+    let until = r.results.iter().find(|x| x.step_id == "until").unwrap();
+    assert_eq!(until.status, Status::Failed);
+    assert_eq!(env.log().iter().filter(|l| *l == "try").count(), 3);
+}
