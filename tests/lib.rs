@@ -1,1 +1,6 @@
+//! End-to-end tests of the `flowrun` binary: each test runs the real binary
+//! in a temporary directory with its own journal.
 
+mod core;
+mod errors;
+mod harness;

@@ -837,16 +837,13 @@ async fn run_instance(
     let t0 = Instant::now();
     let (ikey, ishow) = item.as_ref().map(item_key).unzip();
     let ikey = ikey.unwrap_or_default();
-    let vars: Value = match &item {
-        Some(it) => {
-            let mut v = (*vars).clone();
-            if let Value::Object(m) = &mut v {
-                m.insert("item".into(), it.clone());
-            }
-            v
-        }
-        None => (*vars).clone(),
-    };
+    let mut vars: Value = (*vars).clone();
+    if let (Some(it), Value::Object(m)) = (&item, &mut vars) {
+        m.insert("item".into(), it.clone());
+    }
+    // One render context per instance: every parameter renders against it.
+    let hctx = Templates::context(vars);
+    let vars = hctx.data();
     let fail = |msg: String, t0: Instant| {
         emit(
             &ctx,
@@ -864,7 +861,7 @@ async fn run_instance(
     if let Some(cond) = &step.when {
         match ctx
             .templates
-            .render_value(&format!("`when` of step `{}`", step.id), cond, &vars)
+            .render_value_in(&format!("`when` of step `{}`", step.id), cond, &hctx)
         {
             Ok(v) if !truthy(&v) => {
                 emit(
@@ -885,10 +882,10 @@ async fn run_instance(
         }
     }
     let params = if ctx.needs_render[pn.step] {
-        match ctx.templates.render_tree(
+        match ctx.templates.render_tree_in(
             &format!("step `{}`, `with`", step.id),
             &Value::Object(step.with.clone()),
-            &vars,
+            &hctx,
         ) {
             Ok(Value::Object(m)) => m,
             Ok(_) => Map::new(),
@@ -901,7 +898,7 @@ async fn run_instance(
         let bcx = BuildContext {
             workflow_dir: &step.dir,
             templates: &ctx.templates,
-            vars: &vars,
+            vars,
             host: &host,
         };
         match step.kind.build(&params, &bcx) {
@@ -984,7 +981,7 @@ async fn run_instance(
         masker: ctx.env.masker.clone(),
         hosts: ctx.plan.hosts.clone(),
     };
-    let result = attempt(&ctx, &step, built.as_ref(), &cx, &vars).await;
+    let result = attempt(&ctx, &step, built.as_ref(), &cx, vars).await;
     let info = step.kind.info();
     match result {
         Ok(done) => {

@@ -7,10 +7,12 @@
 use handlebars::template::{HelperTemplate, Parameter, TemplateElement};
 use handlebars::{
     Context, Handlebars, Helper, HelperResult, JsonRender, Output, PathSeg, RenderContext, RenderError,
-    RenderErrorReason, Template,
+    RenderErrorReason, Renderable, StringOutput, Template,
 };
 use serde_json::Value;
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, RwLock};
 
 /// A template failed to parse or render.
 #[derive(Debug, Clone)]
@@ -26,9 +28,11 @@ impl fmt::Display for TemplateError {
 
 impl std::error::Error for TemplateError {}
 
-/// The template engine.
+/// The template engine. Compiled templates are cached by their text, so a
+/// parameter rendered for 10,000 instances is parsed once.
 pub struct Templates {
     hb: Handlebars<'static>,
+    compiled: RwLock<HashMap<String, Arc<Template>>>,
 }
 
 impl fmt::Debug for Templates {
@@ -63,7 +67,35 @@ impl Templates {
         hb.register_helper("trim", Box::new(trim_helper));
         hb.register_helper("replace", Box::new(replace_helper));
         hb.register_helper("split", Box::new(split_helper));
-        Self { hb }
+        Self {
+            hb,
+            compiled: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Variables as a render context (built once, used for many renders).
+    pub fn context(vars: Value) -> Context {
+        Context::from(vars)
+    }
+
+    fn compile(&self, text: &str) -> Result<Arc<Template>, TemplateError> {
+        if let Some(t) = self
+            .compiled
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(text)
+        {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(Template::compile(text).map_err(|e| TemplateError {
+            message: describe_template_error(&e),
+        })?);
+        let mut cache = self.compiled.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.len() > 100_000 {
+            cache.clear();
+        }
+        cache.insert(text.to_owned(), t.clone());
+        Ok(t)
     }
 
     /// Whether a string needs rendering at all.
@@ -80,12 +112,23 @@ impl Templates {
         self.render_with(name, text, &ctx)
     }
 
-    fn render_with(&self, name: &str, text: &str, ctx: &Context) -> Result<String, TemplateError> {
-        self.hb
-            .render_template_with_context(text, ctx)
+    /// Render `text` in a context made with [`Templates::context`].
+    pub fn render_with(&self, name: &str, text: &str, ctx: &Context) -> Result<String, TemplateError> {
+        if !Self::is_template(text) {
+            return Ok(text.to_owned());
+        }
+        let tpl = self.compile(text).map_err(|e| TemplateError {
+            message: format!("{name}: {}", e.message),
+        })?;
+        let mut rc = RenderContext::new(None);
+        let mut out = StringOutput::new();
+        tpl.render(&self.hb, ctx, &mut rc, &mut out)
             .map_err(|e| TemplateError {
                 message: format!("{name}: {}", describe_render_error(&e)),
-            })
+            })?;
+        out.into_string().map_err(|e| TemplateError {
+            message: format!("{name}: {e}"),
+        })
     }
 
     /// Render a string to a value: a string that is one `{{path}}` and nothing
@@ -95,27 +138,45 @@ impl Templates {
         if !Self::is_template(text) {
             return Ok(Value::String(text.to_owned()));
         }
+        let ctx = Context::wraps(vars).map_err(|e| TemplateError { message: e.to_string() })?;
+        self.render_value_in(name, text, &ctx)
+    }
+
+    /// [`Templates::render_value`] in a prepared context.
+    pub fn render_value_in(&self, name: &str, text: &str, ctx: &Context) -> Result<Value, TemplateError> {
+        if !Self::is_template(text) {
+            return Ok(Value::String(text.to_owned()));
+        }
         if let Some(path) = sole_path(text) {
-            return lookup(vars, &path).cloned().ok_or_else(|| TemplateError {
+            return lookup(ctx.data(), &path).cloned().ok_or_else(|| TemplateError {
                 message: format!("{name}: variable `{}` is not defined", path.join(".")),
             });
         }
-        self.render_text(name, text, vars).map(Value::String)
+        self.render_with(name, text, ctx).map(Value::String)
     }
 
     /// Render every string inside a JSON value.
     pub fn render_tree(&self, name: &str, value: &Value, vars: &Value) -> Result<Value, TemplateError> {
+        if !Self::tree_has_template(value) {
+            return Ok(value.clone());
+        }
+        let ctx = Context::wraps(vars).map_err(|e| TemplateError { message: e.to_string() })?;
+        self.render_tree_in(name, value, &ctx)
+    }
+
+    /// [`Templates::render_tree`] in a prepared context.
+    pub fn render_tree_in(&self, name: &str, value: &Value, ctx: &Context) -> Result<Value, TemplateError> {
         Ok(match value {
-            Value::String(s) => self.render_value(name, s, vars)?,
+            Value::String(s) => self.render_value_in(name, s, ctx)?,
             Value::Array(items) => Value::Array(
                 items
                     .iter()
-                    .map(|v| self.render_tree(name, v, vars))
+                    .map(|v| self.render_tree_in(name, v, ctx))
                     .collect::<Result<_, _>>()?,
             ),
             Value::Object(map) => Value::Object(
                 map.iter()
-                    .map(|(k, v)| Ok((k.clone(), self.render_tree(&format!("{name}.{k}"), v, vars)?)))
+                    .map(|(k, v)| Ok((k.clone(), self.render_tree_in(&format!("{name}.{k}"), v, ctx)?)))
                     .collect::<Result<_, TemplateError>>()?,
             ),
             other => other.clone(),

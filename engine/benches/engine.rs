@@ -1,0 +1,155 @@
+//! Engine overhead at scale, printed as figures (not a timed test):
+//! load + analyze + plan of a 10,000-instance workflow (1,000 steps with
+//! templates and `needs` chains, on 10 local hosts), then a first run and a
+//! fully journaled re-run of those 10,000 instances with a no-op step, so the
+//! figures are the engine's own cost per instance.
+//!
+//! Run: `cargo bench -p flowrun-engine --bench engine`
+
+use async_trait::async_trait;
+use flowrun_engine::exec::{self, NoEvents, RunEnv, RunOptions};
+use flowrun_engine::inventory::Inventory;
+use flowrun_engine::journal::Journal;
+use flowrun_engine::loader::{self, LoadContext};
+use flowrun_engine::plan;
+use flowrun_engine::pool::Pool;
+use flowrun_engine::registry::Registry;
+use flowrun_engine::secrets::{Masker, SecretKey};
+use flowrun_engine::step::*;
+use serde_json::{json, Map, Value};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Instant;
+
+struct Noop;
+static INFO: KindInfo = KindInfo {
+    name: "noop",
+    version: 1,
+    doc: "does nothing, changes",
+    params: &[
+        ParamSpec::req("msg", ParamType::Str, "a message"),
+        ParamSpec::opt("n", ParamType::Int, "a number"),
+    ],
+    one_of: &[],
+    outputs: &["msg"],
+    secret_outputs: &[],
+    journal: true,
+};
+struct NoopStep(String);
+impl StepKind for Noop {
+    fn info(&self) -> &'static KindInfo {
+        &INFO
+    }
+    fn build(&self, p: &Map<String, Value>, _: &BuildContext<'_>) -> Result<Box<dyn Step>, StepError> {
+        Ok(Box::new(NoopStep(p["msg"].as_str().unwrap_or_default().to_owned())))
+    }
+}
+#[async_trait]
+impl Step for NoopStep {
+    async fn check(&self, _: &StepContext) -> Result<Check, StepError> {
+        Ok(Check::Drift(Pending::new("noop")))
+    }
+    async fn apply(&self, _: &StepContext, _: Pending) -> Result<Applied, StepError> {
+        let mut o = Outputs::new();
+        o.insert("msg".into(), json!(self.0));
+        Ok(Applied::changed(o))
+    }
+}
+
+fn main() {
+    let steps = 1000;
+    let hosts = 10;
+    let dir = tempfile::tempdir().unwrap();
+    let mut inv = String::from("all:\n  vars: { site: bench }\n  children:\n    nodes:\n      hosts:\n");
+    for h in 0..hosts {
+        let _ = writeln!(inv, "        node-{h:02}: {{ connection: local, idx: {h} }}");
+    }
+    std::fs::write(dir.path().join("hosts.yml"), inv).unwrap();
+    let mut wf = String::from("name: bench\nvars: { prefix: step }\nsteps:\n");
+    for s in 0..steps {
+        let _ = write!(wf, "  - id: s{s}\n    hosts: nodes\n    uses: noop\n");
+        if s % 10 != 0 {
+            let _ = write!(wf, "    needs: [s{}]\n    with: {{ msg: \"{{{{prefix}}}} {s} on {{{{inventory_hostname}}}} after {{{{steps.s{}.outputs.msg}}}}\", n: {s} }}\n", s - 1, s - 1);
+        } else {
+            let _ = writeln!(wf, "    with: {{ msg: \"{{{{prefix}}}} {s} {{{{site}}}}\", n: {s} }}");
+        }
+    }
+    let wf_path = dir.path().join("bench.yml");
+    std::fs::write(&wf_path, wf).unwrap();
+
+    let registry = Registry::new(vec![Box::new(Noop)]);
+    let extra = Map::new();
+    let mut best = f64::MAX;
+    let mut planned = None;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let inventory = Inventory::load(&dir.path().join("hosts.yml")).unwrap();
+        let w = loader::load(
+            &wf_path,
+            &LoadContext {
+                registry: &registry,
+                inventory: &inventory,
+                extra_vars: &extra,
+            },
+        )
+        .unwrap();
+        let p = plan::plan(Arc::new(w), &inventory, &extra, None).unwrap();
+        best = best.min(t0.elapsed().as_secs_f64());
+        planned = Some(p);
+    }
+    let p = Arc::new(planned.unwrap());
+    let n = p.nodes.len();
+    println!(
+        "load + analyze + plan: {n} instances ({steps} steps x {hosts} hosts, {} phases): {:.1} ms (best of 5)",
+        p.phases.len(),
+        best * 1e3
+    );
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let journal = Arc::new(Journal::open(&dir.path().join("journal.db")).unwrap());
+    let key = SecretKey::load_or_create(&dir.path().join("journal.key")).unwrap();
+    let run = |force: bool| {
+        let (_tx, rx) = tokio::sync::watch::channel(None);
+        let env = RunEnv {
+            journal: Some(journal.clone()),
+            key: key.clone(),
+            masker: Masker::global(),
+            secrets: Map::new(),
+            pool: Arc::new(Pool::new(None)),
+            sink: Arc::new(NoEvents),
+            interrupt: rx,
+        };
+        let t0 = Instant::now();
+        let r = rt
+            .block_on(exec::run(
+                p.clone(),
+                RunOptions {
+                    force,
+                    forks: 10,
+                    ..RunOptions::default()
+                },
+                env,
+            ))
+            .unwrap();
+        (t0.elapsed().as_secs_f64(), r)
+    };
+    let (first, r1) = run(true);
+    assert_eq!(r1.totals().changed as usize, n);
+    println!(
+        "first run (no-op step, all changed): {:.1} ms, {:.1} µs per instance",
+        first * 1e3,
+        first * 1e6 / n as f64
+    );
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let (t, r) = run(false);
+        assert_eq!(r.totals().ok as usize, n);
+        assert!(r.results.iter().all(|x| x.from_journal));
+        best = best.min(t);
+    }
+    println!(
+        "journaled re-run (all skipped, outputs restored): {:.1} ms, {:.1} µs per instance (best of 3)",
+        best * 1e3,
+        best * 1e6 / n as f64
+    );
+}

@@ -1,0 +1,388 @@
+//! The engine core end to end: a DAG with parallel branches, templates,
+//! `for_each` and a handler; journaled re-runs that execute nothing; re-runs of
+//! exactly what changed; failure and resume; `--check`; locks; signals; reports.
+
+use crate::harness::{unindent, Sandbox};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+const SITE: &str = r#"
+    name: site
+    description: A demo site, eleven steps
+    vars:
+      app: demo
+      banner_text: welcome
+      root: $DIR/out
+      users: [alice, bob, carol]
+    steps:
+      - id: root-dir
+        uses: file
+        with: { path: "{{root}}", state: directory, mode: "0755" }
+      - id: conf-dir
+        needs: [root-dir]
+        uses: file
+        with: { path: "{{root}}/conf", state: directory }
+      - id: data-dir
+        needs: [root-dir]
+        uses: file
+        with: { path: "{{root}}/data", state: directory }
+      - id: version
+        uses: command
+        with: { shell: "echo version >> $DIR/side-effects; echo 1.2.3" }
+      - id: banner
+        needs: [conf-dir]
+        uses: copy
+        with: { dest: "{{root}}/conf/banner", content: "{{banner_text}}\n", mode: "0644" }
+        notify: [reload]
+      - id: config
+        needs: [conf-dir, version]
+        uses: template
+        with: { src: templates/app.conf.hbs, dest: "{{root}}/conf/app.conf", mode: "0600" }
+        notify: [reload]
+      - id: users
+        needs: [data-dir]
+        uses: file
+        for_each: "{{json users}}"
+        with: { path: "{{root}}/data/{{item}}", state: directory }
+      - id: hosts-line
+        needs: [conf-dir]
+        uses: line
+        with: { path: "{{root}}/conf/hosts", line: "127.0.0.1 {{app}}", create: true }
+      - id: marker
+        needs: [data-dir]
+        uses: command
+        with: { shell: "echo marker >> $DIR/side-effects; touch {{root}}/data/marker", creates: "{{root}}/data/marker" }
+      - id: check
+        needs: [banner, config, users, hosts-line, marker]
+        uses: assert
+        with: { that: ["{{eq steps.version.outputs.stdout '1.2.3'}}"] }
+      - id: summary
+        needs: [check, version]
+        uses: command
+        with: { shell: "echo summary {{steps.version.outputs.stdout}} >> $DIR/side-effects" }
+    handlers:
+      - id: reload
+        uses: command
+        with: { shell: "echo reload >> $DIR/side-effects" }
+"#;
+
+const APP_CONF: &str = "app = {{app}}\nversion = {{steps.version.outputs.stdout}}\n";
+
+fn site() -> Sandbox {
+    let sb = Sandbox::new();
+    sb.write("site.yml", SITE);
+    sb.write("templates/app.conf.hbs", APP_CONF);
+    sb
+}
+
+#[test]
+fn site_runs_then_rerun_changes_nothing_and_executes_nothing() {
+    let sb = site();
+    let r = sb.run(&["run", "site.yml"], 0);
+    assert_eq!(
+        r.recap("localhost"),
+        "ok=1 changed=13 failed=0 skipped=0 unreachable=0",
+        "{}",
+        r.stdout
+    );
+    assert_eq!(sb.read("out/conf/app.conf"), "app = demo\nversion = 1.2.3\n");
+    assert_eq!(sb.read("out/conf/banner"), "welcome\n");
+    assert!(sb.path("out/data/carol").is_dir());
+    let effects = sb.lines("side-effects");
+    assert_eq!(
+        effects.iter().filter(|l| *l == "reload").count(),
+        1,
+        "handler once: {effects:?}"
+    );
+    assert_eq!(
+        effects.last().unwrap(),
+        "reload",
+        "handler after the steps: {effects:?}"
+    );
+    assert!(effects.contains(&"summary 1.2.3".to_owned()));
+
+    // Second run: nothing executes (the side-effects file is untouched), outputs
+    // are restored (summary's parameters render from version's journaled stdout).
+    let r2 = sb.run(&["run", "site.yml"], 0);
+    assert!(r2.recap("localhost").contains("changed=0 failed=0"), "{}", r2.stdout);
+    assert_eq!(sb.lines("side-effects"), effects, "a command ran again");
+    r2.stdout_has("ok: [localhost] summary (journal)");
+    r2.stdout_has("ok: [localhost] users (item=bob) (journal)");
+}
+
+#[test]
+fn changed_parameter_reruns_only_that_step_and_dependents() {
+    let sb = site();
+    sb.run(&["run", "site.yml"], 0);
+    let before = sb.lines("side-effects");
+    let r = sb.run(&["run", "site.yml", "-e", "banner_text=hello"], 0);
+    assert_eq!(sb.read("out/conf/banner"), "hello\n");
+    r.stdout_has("changed: [localhost] banner");
+    // banner changed → its handler; nothing else executed.
+    assert_eq!(
+        r.recap("localhost"),
+        "ok=12 changed=2 failed=0 skipped=0 unreachable=0",
+        "{}",
+        r.stdout
+    );
+    let after = sb.lines("side-effects");
+    assert_eq!(&after[before.len()..], ["reload"]);
+}
+
+#[test]
+fn failure_exits_1_and_the_next_run_resumes() {
+    let sb = Sandbox::new();
+    sb.write(
+        "wf.yml",
+        r#"
+        steps:
+          - id: one
+            uses: command
+            with: { shell: "echo one >> side" }
+          - id: two
+            needs: [one]
+            uses: command
+            with: { shell: "test ! -e broken && echo two >> side" }
+          - id: three
+            needs: [two]
+            uses: command
+            with: { shell: "echo three >> side" }
+          - id: other
+            uses: command
+            with: { shell: "echo other >> side" }
+        "#,
+    );
+    std::fs::write(sb.path("broken"), "").unwrap();
+    let r = sb.run(&["run", "wf.yml"], 1);
+    r.stdout_has("failed: [localhost] two");
+    r.stdout_has("skipped: [localhost] three - not run: `two` did not succeed");
+    assert_eq!(r.recap("localhost"), "ok=0 changed=2 failed=1 skipped=1 unreachable=0");
+    std::fs::remove_file(sb.path("broken")).unwrap();
+    let r = sb.run(&["run", "wf.yml"], 0);
+    assert_eq!(r.recap("localhost"), "ok=2 changed=2 failed=0 skipped=0 unreachable=0");
+    let mut side = sb.lines("side");
+    side.sort();
+    assert_eq!(side, ["one", "other", "three", "two"], "one and other ran once");
+}
+
+#[test]
+fn check_mode_writes_nothing() {
+    let sb = site();
+    let r = sb.run(&["run", "site.yml", "--check", "--diff"], 0);
+    r.stdout_has("check mode: nothing was changed");
+    assert!(!sb.exists("out"), "--check created files");
+    assert!(!sb.exists("side-effects"), "--check ran a command");
+    // The journal learnt nothing: a real run still changes everything.
+    let r = sb.run(&["run", "site.yml"], 0);
+    assert!(r.recap("localhost").contains("changed=13"));
+}
+
+#[test]
+fn verify_reruns_checks_and_repairs_drift_only() {
+    let sb = site();
+    sb.run(&["run", "site.yml"], 0);
+    std::fs::write(sb.path("out/conf/banner"), "tampered\n").unwrap();
+    let r = sb.run(&["run", "site.yml"], 0);
+    assert!(
+        r.recap("localhost").contains("changed=0"),
+        "the journal alone does not see drift"
+    );
+    let r = sb.run(&["run", "site.yml", "--verify"], 0);
+    r.stdout_has("changed: [localhost] banner");
+    assert_eq!(sb.read("out/conf/banner"), "welcome\n");
+    r.stdout_has("changed: [localhost] handler reload");
+    assert!(!r.stdout.contains("changed: [localhost] config"), "{}", r.stdout);
+}
+
+#[test]
+fn plan_graph_list_and_validate() {
+    let sb = site();
+    sb.run(&["validate", "site.yml"], 0)
+        .stdout_has("ok: site (11 steps, 11 nodes");
+    let r = sb.run(&["plan", "site.yml"], 0);
+    r.stdout_has("phase 1:").stdout_has("  root-dir (file) on localhost");
+    sb.run(&["run", "site.yml"], 0);
+    sb.run(&["plan", "site.yml"], 0)
+        .stdout_has("root-dir (file) on localhost (journal: skip)");
+    sb.run(&["graph", "site.yml"], 0)
+        .stdout_has("\"conf-dir\" -> \"banner\";");
+    sb.run(&["graph", "site.yml", "--format", "mermaid"], 0)
+        .stdout_has("conf_dir --> banner");
+    std::fs::create_dir_all(sb.path("workflows")).unwrap();
+    std::fs::copy(sb.path("site.yml"), sb.path("workflows/site.yml")).unwrap();
+    sb.run(&["list"], 0)
+        .stdout_has("site")
+        .stdout_has("A demo site, eleven steps");
+}
+
+#[test]
+fn json_junit_and_metrics() {
+    let sb = site();
+    let r = sb.run(
+        &[
+            "run",
+            "site.yml",
+            "--output",
+            "json",
+            "--junit",
+            "report.xml",
+            "--metrics",
+            "flowrun.prom",
+        ],
+        0,
+    );
+    let doc = r.json();
+    assert_eq!(doc["status"], "success");
+    assert_eq!(doc["workflow"], "site");
+    assert_eq!(doc["totals"]["changed"], 13);
+    assert_eq!(doc["hosts"]["localhost"]["changed"], 13);
+    let step = doc["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "users" && s["item"] == "bob")
+        .unwrap();
+    assert_eq!(step["status"], "changed");
+    assert_eq!(step["from_journal"], false);
+    assert!(step["duration_ms"].is_u64());
+    let junit = sb.read("report.xml");
+    assert!(
+        junit.contains("<testsuite name=\"site\" tests=\"14\" failures=\"0\""),
+        "{junit}"
+    );
+    assert!(junit.contains("name=\"users [carol]\""), "{junit}");
+    let metrics = sb.read("flowrun.prom");
+    assert!(
+        metrics.contains("flowrun_last_run_success{workflow=\"site\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("flowrun_last_run_steps{workflow=\"site\",status=\"changed\"} 13"),
+        "{metrics}"
+    );
+    // A failing run says so in all three.
+    std::fs::write(sb.path("templates/app.conf.hbs"), "{{undefined_var}}\n").unwrap();
+    let r = sb.run(
+        &[
+            "run",
+            "site.yml",
+            "--output",
+            "json",
+            "--junit",
+            "report.xml",
+            "--metrics",
+            "flowrun.prom",
+        ],
+        1,
+    );
+    assert_eq!(r.json()["status"], "failed");
+    assert!(sb.read("report.xml").contains("<failure message="));
+    assert!(sb.read("report.xml").contains("undefined_var"));
+    assert!(sb
+        .read("flowrun.prom")
+        .contains("flowrun_last_run_success{workflow=\"site\"} 0"));
+}
+
+#[test]
+fn history_show_and_forget() {
+    let sb = site();
+    sb.run(&["run", "site.yml"], 0);
+    sb.run(&["run", "site.yml"], 0);
+    let h = sb.run(&["history"], 0);
+    let lines: Vec<&str> = h.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", h.stdout);
+    assert!(
+        lines[0].contains("success") && lines[0].contains("changed=0"),
+        "{}",
+        h.stdout
+    );
+    let run_id = lines[1].split_whitespace().next().unwrap();
+    sb.run(&["show", run_id], 0).stdout_has("changed: [localhost] banner");
+    sb.run(&["forget", "--workflow", "site", "--step", "version"], 0)
+        .stdout_has("forgot 1 journal record");
+    let r = sb.run(&["run", "site.yml"], 0);
+    r.stdout_has("ok: [localhost] version");
+    assert!(!r.stdout.contains("version (journal)"));
+    sb.run(&["show", "nope"], 2).stderr_has("no run `nope`");
+    sb.run(&["forget"], 2);
+}
+
+fn wait_for_file(sb: &Sandbox, rel: &str) {
+    let t0 = Instant::now();
+    while !sb.exists(rel) {
+        assert!(t0.elapsed() < Duration::from_secs(30), "{rel} never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+const SLOW: &str = r#"
+    steps:
+      - id: first
+        uses: command
+        with: { shell: "echo first >> side; touch started" }
+      - id: slow
+        needs: [first]
+        uses: command
+        with: { shell: "touch slow-started; sleep {{default secs 30}}; echo slow >> side" }
+      - id: last
+        needs: [slow]
+        uses: command
+        with: { shell: "echo last >> side" }
+"#;
+
+#[test]
+fn concurrent_run_of_the_same_workflow_exits_3() {
+    let sb = Sandbox::new();
+    sb.write("wf.yml", SLOW);
+    let mut first = sb
+        .cmd(&["run", "wf.yml", "-e", "secs=3"])
+        .cmd
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_file(&sb, "started");
+    let r = sb.run(&["run", "wf.yml", "-e", "secs=3"], 3);
+    r.stderr_has("already running")
+        .stderr_has(&format!("pid {}", first.id()));
+    assert_eq!(first.wait().unwrap().code(), Some(0));
+    // After it finished, the lock is free again.
+    sb.run(&["run", "wf.yml", "-e", "secs=3"], 0);
+}
+
+#[test]
+fn sigterm_exits_143_journal_consistent_and_next_run_resumes() {
+    let sb = Sandbox::new();
+    sb.write("wf.yml", SLOW);
+    let mut child = sb.cmd(&["run", "wf.yml"]).cmd.stdout(Stdio::piped()).spawn().unwrap();
+    wait_for_file(&sb, "slow-started");
+    let t0 = Instant::now();
+    // SAFETY: sending a signal to our own child process.
+    unsafe_kill(child.id(), 15);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143));
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "the slow step was not cancelled"
+    );
+    let mut out = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(out.contains("interrupted by signal 15"), "{out}");
+    sb.run(&["history"], 0).stdout_has("interrupted");
+    let r = sb.run(&["run", "wf.yml", "-e", "secs=0"], 0);
+    r.stdout_has("ok: [localhost] first (journal)");
+    assert_eq!(sb.lines("side"), ["first", "slow", "last"]);
+}
+
+fn unsafe_kill(pid: u32, sig: i32) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn unindent_helper() {
+    assert_eq!(unindent("\n  a\n    b\n"), "a\n  b\n");
+}

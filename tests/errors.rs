@@ -1,0 +1,253 @@
+//! Every kind of invalid input is reported with file, line and column, exits
+//! with status 2, and runs nothing (each workflow has a step that would leave
+//! a marker file behind).
+
+use crate::harness::Sandbox;
+
+/// Load `wf.yml` (after `files`), expect exit 2, the location and the message; the marker must not exist.
+#[track_caller]
+fn rejects(files: &[(&str, &str)], workflow: &str, location: &str, message: &str) {
+    let sb = Sandbox::new();
+    for (name, text) in files {
+        sb.write(name, text);
+    }
+    sb.write("wf.yml", workflow);
+    let mut args = vec!["run", "wf.yml"];
+    if files.iter().any(|(n, _)| *n == "hosts.yml") {
+        args.extend(["-i", "hosts.yml"]);
+    }
+    let r = sb.run(&args, 2);
+    r.stderr_has(location).stderr_has(message);
+    assert!(!sb.exists("marker"), "a step ran despite the error");
+    // `validate` reports the same, also with status 2.
+    let mut v = vec!["validate", "wf.yml"];
+    v.extend_from_slice(&args[2..]);
+    sb.run(&v, 2).stderr_has(message);
+}
+
+const MARKER: &str = "  - id: marker\n    uses: command\n    with: { argv: [touch, marker] }\n";
+
+fn wf(body: &str) -> String {
+    format!("steps:\n{MARKER}{}", crate::harness::unindent(body))
+}
+
+#[test]
+fn yaml_syntax() {
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: command\n    with: { argv: [true }\n"),
+        "wf.yml:6:",
+        "invalid YAML",
+    );
+}
+
+#[test]
+fn unknown_step_key() {
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: command\n    neds: [marker]\n    with: { argv: [true] }\n"),
+        "wf.yml:6:5",
+        "unknown key `neds` in a step",
+    );
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: command\n    neds: [marker]\n    with: { argv: [true] }\n"),
+        "wf.yml:6:5",
+        "did you mean `needs`?",
+    );
+}
+
+#[test]
+fn unknown_workflow_key() {
+    rejects(
+        &[],
+        &format!("vras: {{}}\n{}", wf("")),
+        "wf.yml:1:1",
+        "unknown key `vras` in a workflow",
+    );
+}
+
+#[test]
+fn unknown_step_kind() {
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: comand\n"),
+        "wf.yml:5:11",
+        "unknown step `comand`",
+    );
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: comand\n"),
+        "wf.yml:5:11",
+        "did you mean `command`?",
+    );
+}
+
+#[test]
+fn unknown_parameter() {
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: command\n    with: { argv: [true], chdri: /tmp }\n"),
+        "wf.yml:6:28",
+        "unknown parameter `chdri` for step `command`",
+    );
+}
+
+#[test]
+fn missing_parameter() {
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: copy\n    with: { content: hi }\n"),
+        "wf.yml:6:11",
+        "missing the required parameter `dest`",
+    );
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: command\n    with: { chdir: /tmp }\n"),
+        "wf.yml:6:11",
+        "needs one of `argv` or `shell`",
+    );
+}
+
+#[test]
+fn wrong_literal_type() {
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: file\n    with: { path: /tmp/x, state: directroy }\n"),
+        "wf.yml:6:32",
+        "did you mean `directory`?",
+    );
+}
+
+#[test]
+fn duplicate_step_id() {
+    rejects(
+        &[],
+        &wf("  - id: marker\n    uses: command\n    with: { argv: [true] }\n"),
+        "wf.yml:5:9",
+        "duplicate step id `marker` (first defined at",
+    );
+}
+
+#[test]
+fn unknown_needs() {
+    rejects(
+        &[],
+        &wf("  - id: x\n    needs: [markr]\n    uses: command\n    with: { argv: [true] }\n"),
+        "wf.yml:5:13",
+        "needs `markr`, which is not a step",
+    );
+}
+
+#[test]
+fn dependency_cycle_prints_the_whole_cycle() {
+    let body = "  - id: a\n    needs: [c]\n    uses: command\n    with: { argv: [true] }\n  - id: b\n    needs: [a]\n    uses: command\n    with: { argv: [true] }\n  - id: c\n    needs: [b]\n    uses: command\n    with: { argv: [true] }\n";
+    rejects(&[], &wf(body), "wf.yml:5:12", "dependency cycle: a -> c -> b -> a");
+}
+
+#[test]
+fn undefined_template_variable() {
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: command\n    with: { argv: [echo, \"{{greting}}\"] }\n"),
+        "wf.yml:6:29",
+        "undefined variable `greting`",
+    );
+    rejects(
+        &[],
+        &format!(
+            "vars: {{ greeting: hi }}\n{}",
+            wf("  - id: x\n    uses: command\n    with: { argv: [echo, \"{{#if greting}}x{{/if}}\"] }\n")
+        ),
+        "wf.yml:7:29",
+        "did you mean `greeting`?",
+    );
+}
+
+#[test]
+fn output_of_a_step_not_in_needs() {
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: command\n    with: { argv: [echo, \"{{steps.marker.outputs.stdout}}\"] }\n"),
+        "wf.yml:6:29",
+        "does not need `marker`",
+    );
+    rejects(&[], &wf("  - id: x\n    needs: [marker]\n    uses: command\n    with: { argv: [echo, \"{{steps.marker.outputs.stdot}}\"] }\n"), "wf.yml:7:29", "has no output `stdot`");
+}
+
+#[test]
+fn unknown_handler() {
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: command\n    with: { argv: [true] }\n    notify: [restart]\n"),
+        "wf.yml:7:14",
+        "notifies `restart`, which is not a handler",
+    );
+}
+
+#[test]
+fn import_cycle() {
+    let a = "imports: [b.yml]\nsteps: []\n";
+    let b = "imports: [wf.yml]\nsteps: []\n";
+    rejects(
+        &[("a.yml", a), ("b.yml", b)],
+        &format!("imports: [a.yml]\n{}", wf("")),
+        "b.yml:1:12",
+        "import cycle: wf.yml -> a.yml -> b.yml -> wf.yml",
+    );
+}
+
+#[test]
+fn bad_duration() {
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: command\n    with: { argv: [true] }\n    timeout: 5 minutes\n"),
+        "wf.yml:7:14",
+        "invalid duration `5 minutes`",
+    );
+}
+
+#[test]
+fn unknown_host_group() {
+    let inv = "all:\n  children:\n    runners:\n      hosts:\n        r1: { address: 127.0.0.2 }\n";
+    rejects(
+        &[("hosts.yml", inv)],
+        &wf("  - id: x\n    hosts: runers\n    uses: command\n    with: { argv: [true] }\n"),
+        "wf.yml:5:12",
+        "no host or group `runers` in the inventory (did you mean `runners`?)",
+    );
+}
+
+#[test]
+fn inventory_errors_point_into_the_inventory() {
+    let inv = "all:\n  children:\n    runners:\n      hots:\n        r1: {}\n";
+    rejects(
+        &[("hosts.yml", inv)],
+        &wf(""),
+        "hosts.yml:4:7",
+        "unknown key `hots` in group `runners`",
+    );
+}
+
+#[test]
+fn bad_extra_var_and_missing_workflow() {
+    let sb = Sandbox::new();
+    sb.write("wf.yml", &wf(""));
+    sb.run(&["run", "wf.yml", "-e", "novalue"], 2)
+        .stderr_has("expected KEY=VALUE");
+    sb.run(&["run", "nosuch"], 2).stderr_has("no workflow `nosuch`");
+    assert!(!sb.exists("marker"));
+}
+
+#[test]
+fn missing_secret_source() {
+    let sb = Sandbox::new();
+    sb.write(
+        "wf.yml",
+        &format!("secrets:\n  token: {{ env: FLOWRUN_TEST_UNSET_VAR }}\n{}", wf("")),
+    );
+    sb.run(&["run", "wf.yml"], 2)
+        .stderr_has("wf.yml:2:3")
+        .stderr_has("environment variable `FLOWRUN_TEST_UNSET_VAR` is not set");
+    assert!(!sb.exists("marker"));
+}

@@ -1,0 +1,169 @@
+//! A just-style test builder: a sandbox directory with files (unindented),
+//! the binary run in it with its own journal and state directory, and
+//! assertions on exit status and output that print everything on failure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+/// Remove the common leading indentation (so tests can indent file contents).
+pub fn unindent(text: &str) -> String {
+    let text = text.strip_prefix('\n').unwrap_or(text);
+    let indent = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    text.lines()
+        .map(|l| {
+            if l.len() >= indent {
+                &l[indent..]
+            } else {
+                l.trim_start()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Write a file (parents created); `$DIR` in the text becomes the sandbox path.
+    pub fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.path(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&p, unindent(text).replace("$DIR", self.dir.path().to_str().unwrap())).unwrap();
+        p
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path(rel)).unwrap_or_default()
+    }
+
+    pub fn lines(&self, rel: &str) -> Vec<String> {
+        self.read(rel).lines().map(str::to_owned).collect()
+    }
+
+    pub fn exists(&self, rel: &str) -> bool {
+        self.path(rel).exists()
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Cmd {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_flowrun"));
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env("FLOWRUN_JOURNAL", self.path("journal.db"))
+            .env("XDG_STATE_HOME", self.path("state"))
+            .env_remove("FLOWRUN_INVENTORY")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        Cmd { cmd: c }
+    }
+
+    /// Run and expect `code`.
+    pub fn run(&self, args: &[&str], code: i32) -> Ran {
+        self.cmd(args).expect(code)
+    }
+}
+
+pub struct Cmd {
+    pub cmd: Command,
+}
+
+impl Cmd {
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.cmd.env(k, v);
+        self
+    }
+
+    pub fn output(mut self) -> Output {
+        self.cmd.output().expect("run flowrun")
+    }
+
+    pub fn expect(self, code: i32) -> Ran {
+        let out = self.output();
+        let ran = Ran {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        assert_eq!(
+            ran.code, code,
+            "unexpected exit status\n--- stdout\n{}\n--- stderr\n{}",
+            ran.stdout, ran.stderr
+        );
+        ran
+    }
+}
+
+#[derive(Debug)]
+pub struct Ran {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ran {
+    #[track_caller]
+    pub fn stdout_has(&self, s: &str) -> &Self {
+        assert!(
+            self.stdout.contains(s),
+            "stdout lacks {s:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn stderr_has(&self, s: &str) -> &Self {
+        assert!(
+            self.stderr.contains(s),
+            "stderr lacks {s:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// The recap line of a host.
+    #[track_caller]
+    pub fn recap(&self, host: &str) -> String {
+        self.stdout
+            .lines()
+            .find(|l| l.split(" : ").next().is_some_and(|h| h.trim() == host) && l.contains("ok="))
+            .unwrap_or_else(|| panic!("no recap line for {host}\n{}", self.stdout))
+            .split(" : ")
+            .nth(1)
+            .unwrap()
+            .to_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+#[allow(dead_code)]
+pub fn is_root() -> bool {
+    Path::new("/proc/self").exists()
+        && std::fs::metadata("/proc/self")
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+            .unwrap_or(false)
+}
