@@ -1,0 +1,200 @@
+//! The shipped GitLab runner workflows' templates and monitoring content,
+//! checked with the real parts: the engine's own template engine renders
+//! config.toml, the Prometheus targets file and prometheus.yml as the
+//! workflows would; the real `promtool` checks the result; the shell checks
+//! of the monitoring content and of the lab's apt repository run as they
+//! would in CI. (Loading the workflows themselves is checked by
+//! `flowrun validate` once every step kind they use is registered.)
+
+use flowrun_engine::template::Templates;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn render(template: &str, vars: &Value) -> String {
+    let path = root().join("workflows/templates").join(template);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    Templates::new()
+        .render_text(template, &text, vars)
+        .unwrap_or_else(|e| panic!("{template}: {e}"))
+}
+
+/// Variables as a runner host sees them after `register-runner` ran.
+fn runner_vars() -> Value {
+    json!({
+        "inventory_hostname": "gitlab-runner-01",
+        "gitlab_url": "https://gitlab.example.com",
+        "runner_description": null,
+        "runner_concurrent": 4,
+        "runner_check_interval": 3,
+        "runner_request_concurrency": 1,
+        "exporter_listen_ip": "",
+        "runner_metrics_port": 9252,
+        "gitlab_ca_cert": null,
+        "runner_docker_image": "debian:bookworm-slim",
+        "runner_privileged": false,
+        "runner_docker_volumes": ["/cache"],
+        "runner_mount_docker_socket": false,
+        "runner_pull_policy": ["always"],
+        "runner_allowed_images": ["registry.example.com/ci/*:*"],
+        "runner_allowed_services": [],
+        "steps": {"register-runner": {"outputs": {"id": 42, "token": "glrt-t0k\"en\\x", "status": "never_contacted"}}},
+    })
+}
+
+#[test]
+fn config_toml_carries_the_registered_runner_and_escapes_strings() {
+    let out = render("config.toml.hbs", &runner_vars());
+    for want in [
+        "concurrent = 4\n",
+        "check_interval = 3\n",
+        "listen_address = \":9252\"\n",
+        "[[runners]]\n",
+        "  name = \"gitlab-runner-01\"\n",
+        "  url = \"https://gitlab.example.com\"\n",
+        "  id = 42\n",
+        "  token = \"glrt-t0k\\\"en\\\\x\"\n",
+        "  executor = \"docker\"\n",
+        "  [runners.docker]\n",
+        "    privileged = false\n",
+        "    volumes = [\"/cache\", ]\n",
+        "    pull_policy = [\"always\"]\n",
+        "    allowed_images = [\"registry.example.com/ci/*:*\"]\n",
+        "    allowed_services = []\n",
+    ] {
+        assert!(out.contains(want), "config.toml lacks {want:?}:\n{out}");
+    }
+    assert!(!out.contains("tls-ca-file"), "no CA was given:\n{out}");
+    assert_eq!(out.matches("glrt-").count(), 1, "the token appears once:\n{out}");
+    assert!(!out.contains("{{"), "unrendered template:\n{out}");
+}
+
+#[test]
+fn config_toml_options_privileged_socket_ca_listen_ip() {
+    let mut v = runner_vars();
+    v["runner_privileged"] = json!(true);
+    v["runner_mount_docker_socket"] = json!(true);
+    v["gitlab_ca_cert"] = json!("-----BEGIN CERTIFICATE-----");
+    v["exporter_listen_ip"] = json!("127.0.0.11");
+    v["runner_description"] = json!("lab runner");
+    let out = render("config.toml.hbs", &v);
+    for want in [
+        "listen_address = \"127.0.0.11:9252\"\n",
+        "  name = \"lab runner\"\n",
+        "  tls-ca-file = \"/etc/gitlab-runner/certs/gitlab-ca.crt\"\n",
+        "    privileged = true\n",
+        "    volumes = [\"/cache\", \"/var/run/docker.sock:/var/run/docker.sock\", ]\n",
+    ] {
+        assert!(out.contains(want), "config.toml lacks {want:?}:\n{out}");
+    }
+}
+
+/// What the monitoring host sees: `runner-scrape-address` ran on two runners.
+fn monitoring_vars() -> Value {
+    json!({
+        "node_exporter_port": 9100,
+        "cadvisor_port": 8080,
+        "runner_metrics_port": 9252,
+        "prometheus_target_labels": {"site": "dc1"},
+        "prometheus_scrape_interval": "30s",
+        "steps": {"runner-scrape-address": {
+            "outputs": {"stdout": "192.0.2.10"},
+            "hosts": {
+                "gitlab-runner-01": {"outputs": {"stdout": "192.0.2.10"}},
+                "gitlab-runner-02": {"outputs": {"stdout": "192.0.2.11"}},
+            },
+        }},
+    })
+}
+
+#[test]
+fn targets_file_lists_three_endpoints_per_runner() {
+    let out = render("gitlab-runners-targets.json.hbs", &monitoring_vars());
+    let groups: Vec<Value> = serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}):\n{out}"));
+    let got: Vec<(String, String, String, String)> = groups
+        .iter()
+        .map(|g| {
+            (
+                g["targets"][0].as_str().unwrap().to_owned(),
+                g["labels"]["job"].as_str().unwrap().to_owned(),
+                g["labels"]["instance"].as_str().unwrap().to_owned(),
+                g["labels"]["site"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let want = [
+        ("192.0.2.10:9100", "node", "gitlab-runner-01"),
+        ("192.0.2.10:8080", "cadvisor", "gitlab-runner-01"),
+        ("192.0.2.10:9252", "gitlab-runner", "gitlab-runner-01"),
+        ("192.0.2.11:9100", "node", "gitlab-runner-02"),
+        ("192.0.2.11:8080", "cadvisor", "gitlab-runner-02"),
+        ("192.0.2.11:9252", "gitlab-runner", "gitlab-runner-02"),
+    ]
+    .map(|(t, j, i)| (t.to_owned(), j.to_owned(), i.to_owned(), "dc1".to_owned()));
+    assert_eq!(got, want);
+}
+
+fn promtool() -> Option<PathBuf> {
+    ["/usr/bin/promtool", "/usr/local/bin/promtool"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn rendered_prometheus_config_and_targets_pass_promtool() {
+    let promtool = promtool().expect("promtool is needed (Debian package prometheus; scripts/test installs it)");
+    let dir = tempfile::tempdir().unwrap();
+    let (sd, rules) = (dir.path().join("file_sd"), dir.path().join("rules"));
+    std::fs::create_dir_all(&sd).unwrap();
+    std::fs::create_dir_all(&rules).unwrap();
+    let mut v = monitoring_vars();
+    v["prometheus_file_sd_dir"] = json!(sd);
+    v["prometheus_rules_dir"] = json!(rules);
+    std::fs::write(
+        sd.join("gitlab-runners.json"),
+        render("gitlab-runners-targets.json.hbs", &v),
+    )
+    .unwrap();
+    std::fs::copy(
+        root().join("workflows/files/gitlab-runner-alerts.yml"),
+        rules.join("gitlab-runner-alerts.yml"),
+    )
+    .unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(&config, render("prometheus.yml.hbs", &v)).unwrap();
+    run_ok(Command::new(&promtool).arg("check").arg("config").arg(&config));
+}
+
+fn script(rel: &str) -> Command {
+    let path: &Path = &root().join(rel);
+    let mut c = Command::new("sh");
+    c.arg(path);
+    c
+}
+
+#[test]
+fn monitoring_content_passes_its_checks() {
+    assert!(promtool().is_some(), "promtool is needed (Debian package prometheus)");
+    run_ok(&mut script("tests/monitoring/check.sh"));
+}
+
+#[test]
+fn lab_repository_builds_signs_and_its_stand_ins_work() {
+    run_ok(&mut script("tests/lab/check-repo.sh"));
+}
