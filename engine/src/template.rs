@@ -301,21 +301,19 @@ fn walk_helper(h: &HelperTemplate, refs: &mut Vec<VarRef>, unknown: &mut Vec<Str
 
 fn walk_param(p: &Parameter, refs: &mut Vec<VarRef>, unknown: &mut Vec<String>) {
     match p {
-        Parameter::Path(path) => {
-            if let handlebars::Path::Relative((segs, raw)) = path {
-                if raw.starts_with('@') || raw.starts_with("this") || raw.starts_with("../") {
-                    return;
-                }
-                let parts: Vec<String> = segs
-                    .iter()
-                    .filter_map(|s| match s {
-                        PathSeg::Named(n) => Some(n.clone()),
-                        _ => None,
-                    })
-                    .collect();
-                if !parts.is_empty() {
-                    refs.push(VarRef { path: parts });
-                }
+        Parameter::Path(handlebars::Path::Relative((segs, raw))) => {
+            if raw.starts_with('@') || raw.starts_with("this") || raw.starts_with("../") {
+                return;
+            }
+            let parts: Vec<String> = segs
+                .iter()
+                .filter_map(|s| match s {
+                    PathSeg::Named(n) => Some(n.clone()),
+                    _ => None,
+                })
+                .collect();
+            if !parts.is_empty() {
+                refs.push(VarRef { path: parts });
             }
         }
         Parameter::Subexpression(sub) => {
