@@ -951,6 +951,7 @@ async fn run_instance(
             outputs: outputs.clone(),
         };
     }
+    ctx.env.sink.started(&step.id, &host.name, ishow.as_deref());
     let transport = match ctx.env.pool.get(&host).await {
         Ok(t) => t,
         Err(e) => {

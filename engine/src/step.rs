@@ -307,7 +307,11 @@ impl StepContext {
         }
         let script = match &req.program {
             Program::Shell(s) => s.clone(),
-            Program::Argv(a) => a.iter().map(|w| crate::transport::quote(w)).collect::<Vec<_>>().join(" "),
+            Program::Argv(a) => a
+                .iter()
+                .map(|w| crate::transport::quote(w))
+                .collect::<Vec<_>>()
+                .join(" "),
         };
         let env_has_secret = req.env.iter().any(|(_, v)| self.masker.contains_secret(v));
         if !self.masker.contains_secret(&script) && !env_has_secret {
@@ -330,8 +334,13 @@ impl StepContext {
                 let mut r = [0u8; 8];
                 let _ = getrandom::fill(&mut r);
                 let path = format!("/tmp/.flowrun-{}.sh", crate::transport::local::hex(&r));
-                let attrs = FileAttrs { mode: Some(0o600), ..FileAttrs::default() };
-                self.transport.write_file(&path, body.as_bytes(), &attrs, req.become_.as_ref()).await?;
+                let attrs = FileAttrs {
+                    mode: Some(0o600),
+                    ..FileAttrs::default()
+                };
+                self.transport
+                    .write_file(&path, body.as_bytes(), &attrs, req.become_.as_ref())
+                    .await?;
                 let p = crate::transport::quote(&path);
                 req.program = Program::Shell(format!("sh {p}; rc=$?; rm -f {p}; exit $rc"));
                 req.stdin = Some(data);

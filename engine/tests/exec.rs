@@ -377,9 +377,17 @@ mod secrets_stay_out_of_argv {
         masker.add("s3cr3t-value");
         let cx = cx(masker);
         // The script prints its own argv: the secret must not be in it, yet it runs.
-        let out = cx.exec(ExecRequest::shell("echo \"$0 $*\" | grep -c s3cr3t-value; echo s3cr3t-value")).await.unwrap();
+        let out = cx
+            .exec(ExecRequest::shell(
+                "echo \"$0 $*\" | grep -c s3cr3t-value; echo s3cr3t-value",
+            ))
+            .await
+            .unwrap();
         assert_eq!(out.stdout_str(), "0\ns3cr3t-value\n");
-        let out = cx.exec(ExecRequest::shell("cat; echo; echo s3cr3t-value").stdin("data")).await.unwrap();
+        let out = cx
+            .exec(ExecRequest::shell("cat; echo; echo s3cr3t-value").stdin("data"))
+            .await
+            .unwrap();
         assert_eq!(out.stdout_str(), "data\ns3cr3t-value\n");
         let mut r = ExecRequest::argv(["sh", "-c", "echo $TOKEN"]);
         r.env.push(("TOKEN".into(), "s3cr3t-value".into()));
