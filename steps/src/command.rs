@@ -339,6 +339,17 @@ mod tests {
         let e = converge(s.as_ref(), &cx).await.unwrap_err();
         assert!(e.message.ends_with("status 2: only-stdout"), "{e}");
 
+        cx.add_secret("cmd-secret-value-9");
+        let s = step(
+            json!({"shell": "echo cmd-secret-value-9 rejected >&2; exit 1"}),
+            dir.path(),
+        );
+        let e = converge(s.as_ref(), &cx).await.unwrap_err();
+        assert!(
+            !e.message.contains("cmd-secret-value-9") && e.message.ends_with("**** rejected"),
+            "{e}"
+        );
+
         let s = step(json!({"shell": "exit 2", "expect_rc": [0, 2]}), dir.path());
         assert_eq!(converge(s.as_ref(), &cx).await.unwrap().outputs["rc"], json!(2));
         let s = step(json!({"shell": "exit 1", "expect_rc": [0, 2]}), dir.path());

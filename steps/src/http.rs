@@ -281,6 +281,7 @@ mod tests {
         Server::start(|req| match (req.method.as_str(), req.path.as_str()) {
             ("GET", "/runners/7") => (200, "application/json", r#"{"id": 7, "status": "online"}"#.into()),
             ("GET", "/text") => (200, "text/plain", "plain\n".into()),
+            ("GET", "/leak") => (403, "text/plain", "bad token glrt-http-secret-42".into()),
             ("POST", "/runners") => (201, "application/json", format!(r#"{{"echo": {}}}"#, req.body)),
             (_, _) => (500, "text/plain", "internal\n  error ".repeat(100)),
         })
@@ -348,6 +349,15 @@ mod tests {
         );
         assert!(e.message.ends_with("..."), "{e}");
         assert!(e.message.len() < 500, "{e}");
+        // Secrets in the body never reach the message.
+        let cx = local_context();
+        cx.add_secret("glrt-http-secret-42");
+        let s = step(json!({"url": server.url("/leak")})).unwrap();
+        let e = s.check(&cx).await.unwrap_err();
+        assert!(
+            e.message.ends_with("answered 403 (expected 200-299): bad token ****"),
+            "{e}"
+        );
     }
 
     #[tokio::test]
