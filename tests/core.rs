@@ -301,7 +301,7 @@ fn history_show_and_forget() {
     sb.run(&["forget", "--workflow", "site", "--step", "version"], 0)
         .stdout_has("forgot 1 journal record");
     let r = sb.run(&["run", "site.yml"], 0);
-    r.stdout_has("ok: [localhost] version");
+    r.stdout_has("changed: [localhost] version - run `");
     assert!(!r.stdout.contains("version (journal)"));
     sb.run(&["show", "nope"], 2).stderr_has("no run `nope`");
     sb.run(&["forget"], 2);

@@ -845,18 +845,28 @@ async fn run_instance(
     let hctx = Templates::context(vars);
     let vars = hctx.data();
     let fail = |msg: String, t0: Instant| {
+        let (status, node, msg) = if ctx.opts.check && dep_changed {
+            // In --check, a step that needs a step that would change cannot know its inputs.
+            (
+                Status::Skipped,
+                NodeStatus::Skipped,
+                format!("cannot check: it needs a step that would change first ({msg})"),
+            )
+        } else {
+            (Status::Failed, NodeStatus::Failed, msg)
+        };
         emit(
             &ctx,
             &step,
             &host.name,
             ishow.clone(),
-            Status::Failed,
+            status,
             false,
             t0.elapsed(),
             Some(msg),
             None,
         );
-        InstanceOutcome::of(NodeStatus::Failed)
+        InstanceOutcome::of(node)
     };
     if let Some(cond) = &step.when {
         match ctx

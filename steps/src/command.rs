@@ -179,7 +179,7 @@ impl Step for CommandStep {
             return Ok(Check::InSync(outputs));
         }
         let shown = one_line(&cx.masker.mask(&self.display()), 100);
-        Ok(Check::Drift(Pending::new(format!("would run `{shown}`"))))
+        Ok(Check::Drift(Pending::new(format!("run `{shown}`"))))
     }
 
     async fn apply(&self, cx: &StepContext, _pending: Pending) -> Result<Applied, StepError> {
@@ -255,7 +255,7 @@ mod tests {
         let Check::Drift(p) = s.check(&cx).await.unwrap() else {
             panic!("an unguarded command always drifts")
         };
-        assert_eq!(p.summary, "would run `sh -c 'echo out; echo err >&2'`");
+        assert_eq!(p.summary, "run `sh -c 'echo out; echo err >&2'`");
         let a = converge(s.as_ref(), &cx).await.unwrap();
         assert!(a.changed);
         assert_eq!(a.outputs["rc"], json!(0));

@@ -241,7 +241,7 @@ impl Step for HttpStep {
         if self.read_only() {
             return Ok(Check::InSync(self.send(cx).await?));
         }
-        let mut pending = Pending::new(format!("would send {}", self.what(cx)));
+        let mut pending = Pending::new(format!("send {}", self.what(cx)));
         if cx.mode.diff {
             let text = match &self.body {
                 Body::None => None,
@@ -325,7 +325,7 @@ mod tests {
         let Check::Drift(p) = s.check(&cx).await.unwrap() else {
             panic!("a POST is a change")
         };
-        assert_eq!(p.summary, format!("would send POST {}", server.url("/runners")));
+        assert_eq!(p.summary, format!("send POST {}", server.url("/runners")));
         assert!(p.diff.unwrap().contains("\"tags\""));
         assert!(server.requests().is_empty(), "check sent a POST");
         let a = converge(s.as_ref(), &local_context()).await.unwrap();
