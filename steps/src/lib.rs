@@ -1,7 +1,11 @@
 //! flowrun's built-in steps, one module per step kind, each against the
 //! engine's `StepKind`/`Step` contract. `registry()` lists them all.
 
+pub mod api;
+pub mod github_runner;
+pub mod gitlab_runner;
 pub mod params;
+pub mod proxmox_vm;
 #[doc(hidden)]
 pub mod testing;
 
@@ -9,5 +13,9 @@ use flowrun_engine::step::StepKind;
 
 /// Every built-in step kind.
 pub fn registry() -> Vec<Box<dyn StepKind>> {
-    vec![]
+    vec![
+        Box::new(proxmox_vm::ProxmoxVmKind),
+        Box::new(gitlab_runner::GitlabRunnerKind),
+        Box::new(github_runner::GithubRunnerKind),
+    ]
 }
