@@ -24,13 +24,29 @@ static INFO: KindInfo = KindInfo {
     version: 1,
     doc: "Self-hosted GitHub runners of a repository: a registration token, their status, or deleting one",
     params: &[
-        ParamSpec::opt("api_url", ParamType::Str, "the API's URL (default `https://api.github.com`)"),
-        ParamSpec::req("token", ParamType::Str, "a token that administers the repository (a secret)"),
+        ParamSpec::opt(
+            "api_url",
+            ParamType::Str,
+            "the API's URL (default `https://api.github.com`)",
+        ),
+        ParamSpec::req(
+            "token",
+            ParamType::Str,
+            "a token that administers the repository (a secret)",
+        ),
         ParamSpec::req("repo", ParamType::Str, "the repository, `OWNER/NAME`"),
         ParamSpec::opt("name", ParamType::Str, "the runner's name"),
         ParamSpec::opt("state", ParamType::Enum(STATES), "token, present (default) or absent"),
-        ParamSpec::opt("ca_file", ParamType::Str, "a PEM file of the CA that signed the API's certificate"),
-        ParamSpec::opt("insecure", ParamType::Bool, "accept any certificate (loudly; prefer `ca_file`)"),
+        ParamSpec::opt(
+            "ca_file",
+            ParamType::Str,
+            "a PEM file of the CA that signed the API's certificate",
+        ),
+        ParamSpec::opt(
+            "insecure",
+            ParamType::Bool,
+            "accept any certificate (loudly; prefer `ca_file`)",
+        ),
     ],
     one_of: &[],
     outputs: &["registration_token", "expires_at", "runners", "runner", "online"],
@@ -48,9 +64,10 @@ impl StepKind for GithubRunnerKind {
     fn build(&self, params: &Map<String, Value>, cx: &BuildContext<'_>) -> Result<Box<dyn Step>, StepError> {
         let p = Params(params);
         let repo = p.str("repo")?;
-        let Some((owner, name)) = repo.split_once('/').filter(|(o, n)| {
-            !o.is_empty() && !n.is_empty() && !n.contains('/')
-        }) else {
+        let Some((owner, name)) = repo
+            .split_once('/')
+            .filter(|(o, n)| !o.is_empty() && !n.is_empty() && !n.contains('/'))
+        else {
             return Err(StepError::param("repo", format!("expected `OWNER/NAME`, got `{repo}`")));
         };
         let state = p.choice("state", STATES, "present")?;
@@ -112,7 +129,12 @@ impl GithubRunner {
                 .await
                 .map_err(|e| StepError::failed(format!("listing the runners of `{}`: {e}", self.repo)))?;
             let total = resp.json.get("total_count").and_then(Value::as_u64).unwrap_or(0);
-            let items = resp.json.get("runners").and_then(Value::as_array).cloned().unwrap_or_default();
+            let items = resp
+                .json
+                .get("runners")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             let count = items.len();
             out.extend(items.iter().map(|r| {
                 let labels: Vec<Value> = r
@@ -134,13 +156,19 @@ impl GithubRunner {
                 return Ok(out);
             }
         }
-        tracing::warn!("`{}` has more than {} runners: listed the first ones only", self.repo, out.len());
+        tracing::warn!(
+            "`{}` has more than {} runners: listed the first ones only",
+            self.repo,
+            out.len()
+        );
         Ok(out)
     }
 
     fn named<'a>(&self, runners: &'a [Value]) -> Option<&'a Value> {
         let name = self.name.as_deref()?;
-        runners.iter().find(|r| r.get("name").and_then(Value::as_str) == Some(name))
+        runners
+            .iter()
+            .find(|r| r.get("name").and_then(Value::as_str) == Some(name))
     }
 
     fn outputs(&self, runners: Vec<Value>) -> Outputs {
@@ -191,12 +219,17 @@ impl Step for GithubRunner {
                 .await
                 .map_err(|e| StepError::failed(format!("creating a registration token for `{}`: {e}", self.repo)))?;
             let Some(token) = resp.json.get("token").and_then(Value::as_str) else {
-                return Err(StepError::failed("github: the registration token answer has no `token`"));
+                return Err(StepError::failed(
+                    "github: the registration token answer has no `token`",
+                ));
             };
             cx.add_secret(token);
             let mut o = Outputs::new();
             o.insert("registration_token".into(), json!(token));
-            o.insert("expires_at".into(), resp.json.get("expires_at").cloned().unwrap_or(Value::Null));
+            o.insert(
+                "expires_at".into(),
+                resp.json.get("expires_at").cloned().unwrap_or(Value::Null),
+            );
             o.insert("runners".into(), Value::Null);
             o.insert("runner".into(), Value::Null);
             o.insert("online".into(), json!(false));
@@ -213,7 +246,12 @@ impl Step for GithubRunner {
         match api.send(Req::delete(format!("{}/{id}", self.base))).await {
             Ok(_) => {}
             Err(e) if e.is(404) => {}
-            Err(e) => return Err(StepError::failed(format!("deleting runner {id} of `{}`: {e}", self.repo))),
+            Err(e) => {
+                return Err(StepError::failed(format!(
+                    "deleting runner {id} of `{}`: {e}",
+                    self.repo
+                )))
+            }
         }
         let remaining: Vec<Value> = runners
             .into_iter()

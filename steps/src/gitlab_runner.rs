@@ -24,21 +24,53 @@ static INFO: KindInfo = KindInfo {
     version: 1,
     doc: "A GitLab runner created through the REST API; outputs its id and authentication token",
     params: &[
-        ParamSpec::req("api_url", ParamType::Str, "the GitLab base URL (`https://gitlab.example.com`)"),
-        ParamSpec::req("token", ParamType::Str, "an access token with the `create_runner` scope (a secret)"),
-        ParamSpec::opt("runner_type", ParamType::Enum(RUNNER_TYPES), "instance_type (default), group_type or project_type"),
+        ParamSpec::req(
+            "api_url",
+            ParamType::Str,
+            "the GitLab base URL (`https://gitlab.example.com`)",
+        ),
+        ParamSpec::req(
+            "token",
+            ParamType::Str,
+            "an access token with the `create_runner` scope (a secret)",
+        ),
+        ParamSpec::opt(
+            "runner_type",
+            ParamType::Enum(RUNNER_TYPES),
+            "instance_type (default), group_type or project_type",
+        ),
         ParamSpec::opt("group_id", ParamType::Int, "the group of a group_type runner"),
         ParamSpec::opt("project_id", ParamType::Int, "the project of a project_type runner"),
         ParamSpec::opt("description", ParamType::Str, "the runner's description"),
         ParamSpec::opt("tags", ParamType::StrList, "the runner's tags"),
         ParamSpec::opt("run_untagged", ParamType::Bool, "whether it picks untagged jobs"),
         ParamSpec::opt("locked", ParamType::Bool, "whether it is locked to its projects"),
-        ParamSpec::opt("access_level", ParamType::Enum(ACCESS_LEVELS), "not_protected or ref_protected"),
+        ParamSpec::opt(
+            "access_level",
+            ParamType::Enum(ACCESS_LEVELS),
+            "not_protected or ref_protected",
+        ),
         ParamSpec::opt("state", ParamType::Enum(STATES), "present (default) or absent"),
-        ParamSpec::opt("runner_id", ParamType::Int, "the id of the runner created before, if known"),
-        ParamSpec::opt("runner_token", ParamType::Str, "the authentication token of the runner created before (a secret)"),
-        ParamSpec::opt("ca_file", ParamType::Str, "a PEM file of the CA that signed GitLab's certificate"),
-        ParamSpec::opt("insecure", ParamType::Bool, "accept any certificate (loudly; prefer `ca_file`)"),
+        ParamSpec::opt(
+            "runner_id",
+            ParamType::Int,
+            "the id of the runner created before, if known",
+        ),
+        ParamSpec::opt(
+            "runner_token",
+            ParamType::Str,
+            "the authentication token of the runner created before (a secret)",
+        ),
+        ParamSpec::opt(
+            "ca_file",
+            ParamType::Str,
+            "a PEM file of the CA that signed GitLab's certificate",
+        ),
+        ParamSpec::opt(
+            "insecure",
+            ParamType::Bool,
+            "accept any certificate (loudly; prefer `ca_file`)",
+        ),
     ],
     one_of: &[],
     outputs: &["id", "token", "status"],
@@ -63,7 +95,10 @@ impl StepKind for GitlabRunnerKind {
                 return Err(StepError::param("group_id", "is required for a `group_type` runner"))
             }
             "project_type" if project_id.is_none() => {
-                return Err(StepError::param("project_id", "is required for a `project_type` runner"))
+                return Err(StepError::param(
+                    "project_id",
+                    "is required for a `project_type` runner",
+                ))
             }
             _ => {}
         }
@@ -165,7 +200,9 @@ impl GitlabRunner {
             .send(Req::post("/runners/verify").json(json!({ "token": runner_token })))
             .await
         {
-            Ok(r) => Ok(Some(r.json.get("id").and_then(Value::as_i64).or(self.runner_id).unwrap_or(0))),
+            Ok(r) => Ok(Some(
+                r.json.get("id").and_then(Value::as_i64).or(self.runner_id).unwrap_or(0),
+            )),
             Err(e) if e.is(403) => Ok(None),
             Err(e) => Err(explain(e, "verifying the runner token", "`create_runner`")),
         }
@@ -174,7 +211,12 @@ impl GitlabRunner {
     /// The runner's status; `unknown` (with a warning) when the token may not read runners.
     async fn status(&self, api: &ApiClient, id: i64) -> Result<String, StepError> {
         match api.send(Req::get(format!("/runners/{id}"))).await {
-            Ok(r) => Ok(r.json.get("status").and_then(Value::as_str).unwrap_or("unknown").to_owned()),
+            Ok(r) => Ok(r
+                .json
+                .get("status")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown")
+                .to_owned()),
             Err(e) if e.is_insufficient_scope() => {
                 tracing::warn!(
                     "runner {id}: status unknown: reading runners needs a token with the `read_api`, \
@@ -183,7 +225,11 @@ impl GitlabRunner {
                 Ok("unknown".into())
             }
             Err(e) if e.is(404) => Ok("unknown".into()),
-            Err(e) => Err(explain(e, &format!("reading runner {id}"), "`read_api`, `manage_runner` or `api`")),
+            Err(e) => Err(explain(
+                e,
+                &format!("reading runner {id}"),
+                "`read_api`, `manage_runner` or `api`",
+            )),
         }
     }
 
@@ -294,7 +340,6 @@ impl Step for GitlabRunner {
             ));
         };
         cx.add_secret(token);
-        Ok(Applied::changed(outputs(Some(id), Some(token), "never_contacted"))
-            .message(format!("created runner {id}")))
+        Ok(Applied::changed(outputs(Some(id), Some(token), "never_contacted")).message(format!("created runner {id}")))
     }
 }

@@ -197,7 +197,10 @@ pub struct ApiClient {
 impl fmt::Debug for ApiClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never the headers: one of them is a credential.
-        f.debug_struct("ApiClient").field("api", &self.api).field("base", &self.base).finish()
+        f.debug_struct("ApiClient")
+            .field("api", &self.api)
+            .field("base", &self.base)
+            .finish()
     }
 }
 
@@ -247,9 +250,7 @@ impl ApiClient {
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
                 .ok()
                 .filter(|c| !c.is_empty())
-                .ok_or_else(|| {
-                    StepError::param("ca_file", format!("`{}` holds no PEM certificate", path.display()))
-                })?;
+                .ok_or_else(|| StepError::param("ca_file", format!("`{}` holds no PEM certificate", path.display())))?;
             builder = builder.tls_certs_merge(certs);
         }
         if opts.insecure {
@@ -345,7 +346,8 @@ impl ApiClient {
                     body: Value::Null,
                 };
                 // A refused connection never reached the server: safe to retry for any method.
-                return if e.is_connect() || idempotent {
+                // A certificate that does not verify will not verify on the next attempt either.
+                return if !is_tls_error(&e) && (e.is_connect() || idempotent) {
                     Outcome::Retry(err, None)
                 } else {
                     Outcome::Fatal(err)
@@ -406,6 +408,32 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 
 fn mask(text: &str) -> String {
     Masker::global().mask(text).into_owned()
+}
+
+/// Whether a TLS handshake failed (a certificate not trusted, a protocol mismatch).
+fn is_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<rustls::Error>() {
+            return true;
+        }
+        // `io::Error::source` skips the error it wraps: look inside.
+        if let Some(inner) = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            if inner.is::<rustls::Error>() {
+                return true;
+            }
+        }
+        // Wrappers on the way (boxed errors) can hide the type: rustls's own wording then tells.
+        let text = err.to_string();
+        if ["invalid peer certificate", "received fatal alert", "peer is incompatible", "peer misbehaved"]
+            .iter()
+            .any(|m| text.contains(m))
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// An error and its causes on one line (reqwest's own text says little).

@@ -14,10 +14,7 @@ pub fn api_message(body: &Value, raw: &str, reason: Option<&str>) -> Option<Stri
     if let Some(obj) = body.as_object() {
         // Proxmox parameter errors: one message per parameter.
         if let Some(Value::Object(errors)) = obj.get("errors") {
-            let list: Vec<String> = errors
-                .iter()
-                .map(|(k, v)| format!("{k}: {}", text(v).trim()))
-                .collect();
+            let list: Vec<String> = errors.iter().map(|(k, v)| format!("{k}: {}", text(v).trim())).collect();
             if !list.is_empty() {
                 parts.push(list.join("; "));
             }
@@ -88,14 +85,22 @@ mod tests {
 
     #[test]
     fn gitlab_and_github_shapes() {
-        assert_eq!(api_message(&json!({"message": "401 Unauthorized"}), "", None).unwrap(), "401 Unauthorized");
+        assert_eq!(
+            api_message(&json!({"message": "401 Unauthorized"}), "", None).unwrap(),
+            "401 Unauthorized"
+        );
         let scope = json!({"error": "insufficient_scope", "error_description": "The request requires higher privileges than provided by the access token.", "scope": "api"});
-        assert!(api_message(&scope, "", None).unwrap().starts_with("insufficient_scope: The request"));
+        assert!(api_message(&scope, "", None)
+            .unwrap()
+            .starts_with("insufficient_scope: The request"));
         assert_eq!(
             api_message(&json!({"message": {"tag_list": ["is invalid"]}}), "", None).unwrap(),
             "tag_list is invalid"
         );
         assert_eq!(api_message(&Value::Null, "<html>oops</html>", None), None);
-        assert_eq!(api_message(&Value::Null, "plain failure", None).unwrap(), "plain failure");
+        assert_eq!(
+            api_message(&Value::Null, "plain failure", None).unwrap(),
+            "plain failure"
+        );
     }
 }

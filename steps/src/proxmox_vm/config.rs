@@ -78,7 +78,10 @@ fn memory(v: &Value) -> Option<i64> {
     int(v).or_else(|| {
         let s = v.as_str()?;
         s.split(',')
-            .find_map(|part| part.strip_prefix("current=").or(Some(part).filter(|p| !p.contains('='))))
+            .find_map(|part| {
+                part.strip_prefix("current=")
+                    .or(Some(part).filter(|p| !p.contains('=')))
+            })
             .and_then(|n| n.trim().parse().ok())
     })
 }
@@ -155,8 +158,13 @@ mod tests {
     #[test]
     fn sshkeys_are_encoded_with_percent_20() {
         let enc = encode_sshkeys("ssh-ed25519 AAAAC3Nz+a/b= me@host:1\nssh-rsa AAAAB3");
-        assert_eq!(enc, "ssh-ed25519%20AAAAC3Nz%2Ba%2Fb%3D%20me%40host%3A1%0Assh-rsa%20AAAAB3");
-        assert!(enc.chars().all(|c| c.is_ascii_alphanumeric() || "-%_.!~*'()".contains(c)));
+        assert_eq!(
+            enc,
+            "ssh-ed25519%20AAAAC3Nz%2Ba%2Fb%3D%20me%40host%3A1%0Assh-rsa%20AAAAB3"
+        );
+        assert!(enc
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-%_.!~*'()".contains(c)));
     }
 
     #[test]
@@ -174,7 +182,12 @@ mod tests {
         let described: Vec<String> = c.iter().map(Change::describe).collect();
         assert_eq!(
             described,
-            ["set cores 1 -> 2", "set memory 1024 -> 2048", "set sshkeys (1 key)", "enable the qemu guest agent"]
+            [
+                "set cores 1 -> 2",
+                "set memory 1024 -> 2048",
+                "set sshkeys (1 key)",
+                "enable the qemu guest agent"
+            ]
         );
     }
 }

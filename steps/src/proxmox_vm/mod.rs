@@ -30,23 +30,67 @@ static INFO: KindInfo = KindInfo {
         ParamSpec::req("api_url", ParamType::Str, "the API's address, `https://HOST:8006`"),
         ParamSpec::req("token_id", ParamType::Str, "the API token's id, `USER@REALM!NAME`"),
         ParamSpec::req("token_secret", ParamType::Str, "the API token's secret (a secret)"),
-        ParamSpec::opt("ca_file", ParamType::Str, "a PEM file of the CA that signed the server's certificate"),
-        ParamSpec::opt("insecure", ParamType::Bool, "accept any certificate (loudly; prefer `ca_file`)"),
+        ParamSpec::opt(
+            "ca_file",
+            ParamType::Str,
+            "a PEM file of the CA that signed the server's certificate",
+        ),
+        ParamSpec::opt(
+            "insecure",
+            ParamType::Bool,
+            "accept any certificate (loudly; prefer `ca_file`)",
+        ),
         ParamSpec::req("node", ParamType::Str, "the node to create the VM on"),
         ParamSpec::req("name", ParamType::Str, "the VM's name, which identifies it"),
-        ParamSpec::opt("template", ParamType::Int, "the vmid of the template to clone (needed to create)"),
-        ParamSpec::opt("vmid", ParamType::Int, "the new VM's id (default: the cluster's next free id)"),
-        ParamSpec::opt("full", ParamType::Bool, "a full clone rather than a linked one (default true)"),
+        ParamSpec::opt(
+            "template",
+            ParamType::Int,
+            "the vmid of the template to clone (needed to create)",
+        ),
+        ParamSpec::opt(
+            "vmid",
+            ParamType::Int,
+            "the new VM's id (default: the cluster's next free id)",
+        ),
+        ParamSpec::opt(
+            "full",
+            ParamType::Bool,
+            "a full clone rather than a linked one (default true)",
+        ),
         ParamSpec::opt("storage", ParamType::Str, "the storage for a full clone's disks"),
         ParamSpec::opt("cores", ParamType::Int, "CPU cores"),
         ParamSpec::opt("memory", ParamType::Int, "memory in MiB"),
         ParamSpec::opt("ciuser", ParamType::Str, "cloud-init user"),
-        ParamSpec::opt("sshkeys", ParamType::StrList, "cloud-init SSH public keys (OpenSSH format)"),
-        ParamSpec::opt("ipconfig0", ParamType::Str, "cloud-init network of the first NIC (`ip=dhcp`)"),
-        ParamSpec::opt("state", ParamType::Enum(STATES), "present, started (default), stopped or absent"),
-        ParamSpec::opt("wait_ip_timeout", ParamType::Duration, "how long to wait for the guest agent's IP (default 5m)"),
-        ParamSpec::opt("task_timeout", ParamType::Duration, "how long to wait for each Proxmox task (default 10m)"),
-        ParamSpec::opt("inventory_host", ParamType::Str, "the inventory host whose address the IP fills"),
+        ParamSpec::opt(
+            "sshkeys",
+            ParamType::StrList,
+            "cloud-init SSH public keys (OpenSSH format)",
+        ),
+        ParamSpec::opt(
+            "ipconfig0",
+            ParamType::Str,
+            "cloud-init network of the first NIC (`ip=dhcp`)",
+        ),
+        ParamSpec::opt(
+            "state",
+            ParamType::Enum(STATES),
+            "present, started (default), stopped or absent",
+        ),
+        ParamSpec::opt(
+            "wait_ip_timeout",
+            ParamType::Duration,
+            "how long to wait for the guest agent's IP (default 5m)",
+        ),
+        ParamSpec::opt(
+            "task_timeout",
+            ParamType::Duration,
+            "how long to wait for each Proxmox task (default 10m)",
+        ),
+        ParamSpec::opt(
+            "inventory_host",
+            ParamType::Str,
+            "the inventory host whose address the IP fills",
+        ),
     ],
     one_of: &[],
     outputs: &["vmid", "node", "ip", "status"],
@@ -86,7 +130,10 @@ impl StepKind for ProxmoxVmKind {
         let full = p.bool_or("full", true)?;
         let storage = p.opt_str("storage")?;
         if !full && storage.is_some() {
-            return Err(StepError::param("storage", "applies to full clones only (`full: true`)"));
+            return Err(StepError::param(
+                "storage",
+                "applies to full clones only (`full: true`)",
+            ));
         }
         Ok(Box::new(ProxmoxVm {
             api_url: format!("{}/api2/json", p.str("api_url")?.trim_end_matches('/')),
@@ -198,7 +245,10 @@ impl ProxmoxVm {
             )));
         }
         if let Some(want) = self.vmid {
-            if let Some(other) = all.iter().find(|r| r.vmid == want && (r.name != self.name || r.template)) {
+            if let Some(other) = all
+                .iter()
+                .find(|r| r.vmid == want && (r.name != self.name || r.template))
+            {
                 return Err(StepError::param(
                     "vmid",
                     format!("{want} is taken by `{}` on node `{}`", other.name, other.node),
@@ -293,7 +343,11 @@ impl ProxmoxVm {
             ),
             Action::Configure(changes) => {
                 let list: Vec<String> = changes.iter().map(Change::describe).collect();
-                let later = if running { " (takes effect at the next boot)" } else { "" };
+                let later = if running {
+                    " (takes effect at the next boot)"
+                } else {
+                    ""
+                };
                 format!("{}{later}", list.join(", "))
             }
             Action::Start => format!("start {vm}"),
@@ -407,8 +461,7 @@ impl Step for ProxmoxVm {
                     if list.is_empty() {
                         continue;
                     }
-                    let form: Vec<(String, String)> =
-                        list.iter().map(|c| (c.key.to_owned(), c.wire.clone())).collect();
+                    let form: Vec<(String, String)> = list.iter().map(|c| (c.key.to_owned(), c.wire.clone())).collect();
                     pve.task(Req::post(format!("{}/config", qemu(vmid))).form(form), &line, timeout)
                         .await?;
                 }

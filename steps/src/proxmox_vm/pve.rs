@@ -62,7 +62,10 @@ impl Pve<'_> {
     }
 
     pub async fn config(&self, node: &str, vmid: u32) -> Result<Map<String, Value>, StepError> {
-        match self.get(&format!("/nodes/{}/qemu/{vmid}/config", segment(node))).await? {
+        match self
+            .get(&format!("/nodes/{}/qemu/{vmid}/config", segment(node)))
+            .await?
+        {
             Value::Object(m) => Ok(m),
             _ => Err(StepError::failed(format!(
                 "proxmox GET config of vm {vmid}: expected an object"
@@ -98,7 +101,9 @@ impl Pve<'_> {
     async fn wait_task(&self, upid: &str, what: &str, timeout: Duration) -> Result<(), StepError> {
         // UPID:NODE:PID:PSTART:STARTTIME:TYPE:ID:USER:
         let node = upid.split(':').nth(1).filter(|n| !n.is_empty()).ok_or_else(|| {
-            StepError::failed(format!("{what}: proxmox answered `{upid}` where a task id (UPID) was expected"))
+            StepError::failed(format!(
+                "{what}: proxmox answered `{upid}` where a task id (UPID) was expected"
+            ))
         })?;
         let path = format!("/nodes/{}/tasks/{}/status", segment(node), segment(upid));
         let deadline = Instant::now() + timeout;
@@ -175,7 +180,9 @@ pub fn pick_ip(v: &Value) -> Option<Ipv4Addr> {
         .iter()
         .filter(|i| {
             let name = i.get("name").and_then(Value::as_str).unwrap_or("");
-            !VIRTUAL.iter().any(|p| name == *p || (p.len() > 2 && name.starts_with(p)))
+            !VIRTUAL
+                .iter()
+                .any(|p| name == *p || (p.len() > 2 && name.starts_with(p)))
         })
         .flat_map(|i| i.get("ip-addresses").and_then(Value::as_array).into_iter().flatten())
         .filter(|a| a.get("ip-address-type").and_then(Value::as_str) == Some("ipv4"))

@@ -21,7 +21,10 @@ async fn token_register_list_and_delete() {
     let cx = context_with_hosts(&[]);
 
     let step = build(&GithubRunnerKind, params(&gh, &token, json!({"state": "token"})));
-    assert_eq!(drift(&*step, &cx).await, "create a runner registration token for `acme/app`");
+    assert_eq!(
+        drift(&*step, &cx).await,
+        "create a runner registration token for `acme/app`"
+    );
     let out = converge(&*step, &cx).await.unwrap();
     let reg = out.outputs["registration_token"].as_str().unwrap().to_owned();
     assert!(out.outputs["expires_at"].as_str().unwrap().ends_with('Z'));
@@ -54,9 +57,12 @@ async fn lists_every_page() {
     let gh = GitHubEmulator::start().await.unwrap();
     let token = gh.add_token(&["acme/app"]);
     let cx = context_with_hosts(&[]);
-    let out = converge(&*build(&GithubRunnerKind, params(&gh, &token, json!({"state": "token"}))), &cx)
-        .await
-        .unwrap();
+    let out = converge(
+        &*build(&GithubRunnerKind, params(&gh, &token, json!({"state": "token"}))),
+        &cx,
+    )
+    .await
+    .unwrap();
     let reg = out.outputs["registration_token"].as_str().unwrap();
     for i in 0..150 {
         gh.register_runner(reg, &format!("r{i:03}"), &[]).unwrap();

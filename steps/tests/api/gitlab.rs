@@ -31,13 +31,19 @@ async fn creates_a_runner_and_a_rerun_with_its_token_is_in_sync() {
     let token = gl.add_token(&["create_runner", "read_api"]);
     let cx = context_with_hosts(&[]);
     let step = build(&GitlabRunnerKind, params(&gl, &token, json!({})));
-    assert_eq!(drift(&*step, &cx).await, "create project_type runner `gitlab-runner-01`");
+    assert_eq!(
+        drift(&*step, &cx).await,
+        "create project_type runner `gitlab-runner-01`"
+    );
     let out = converge(&*step, &cx).await.unwrap();
     assert!(out.changed);
     let id = out.outputs["id"].as_i64().unwrap();
     let runner_token = out.outputs["token"].as_str().unwrap().to_owned();
     assert!(runner_token.starts_with("glrt-"));
-    assert!(Masker::global().contains_secret(&runner_token), "the runner token is a secret from now on");
+    assert!(
+        Masker::global().contains_secret(&runner_token),
+        "the runner token is a secret from now on"
+    );
     assert_eq!(out.outputs["status"], json!("never_contacted"));
 
     let r = gl.runner(id as u64).unwrap();
@@ -56,7 +62,10 @@ async fn creates_a_runner_and_a_rerun_with_its_token_is_in_sync() {
     assert_eq!(outputs["token"], json!(runner_token));
     assert_eq!(outputs["status"], json!("never_contacted"));
     assert!(gl.writes().is_empty(), "{:?}", gl.writes());
-    assert!(gl.runner(id as u64).unwrap().contacted_at.is_none(), "the check must not look like a runner");
+    assert!(
+        gl.runner(id as u64).unwrap().contacted_at.is_none(),
+        "the check must not look like a runner"
+    );
 
     // A stand-in gitlab-runner checks in: online.
     assert!(gl.contact(&runner_token));
@@ -70,7 +79,9 @@ async fn a_deleted_runner_is_created_again() {
     let gl = GitLabEmulator::start().await.unwrap();
     let token = gl.add_token(&["create_runner"]);
     let cx = context_with_hosts(&[]);
-    let first = converge(&*build(&GitlabRunnerKind, params(&gl, &token, json!({}))), &cx).await.unwrap();
+    let first = converge(&*build(&GitlabRunnerKind, params(&gl, &token, json!({}))), &cx)
+        .await
+        .unwrap();
     let (id, runner_token) = (first.outputs["id"].as_i64().unwrap(), first.outputs["token"].clone());
     gl.remove_runner(id as u64);
     let step = build(
@@ -89,7 +100,9 @@ async fn status_is_unknown_for_a_create_only_token() {
     let gl = GitLabEmulator::start().await.unwrap();
     let token = gl.add_token(&["create_runner"]);
     let cx = context_with_hosts(&[]);
-    let first = converge(&*build(&GitlabRunnerKind, params(&gl, &token, json!({}))), &cx).await.unwrap();
+    let first = converge(&*build(&GitlabRunnerKind, params(&gl, &token, json!({}))), &cx)
+        .await
+        .unwrap();
     let step = build(
         &GitlabRunnerKind,
         params(
@@ -112,17 +125,25 @@ async fn absent_by_id_needs_the_manage_runner_scope() {
         .unwrap();
     let id = first.outputs["id"].as_i64().unwrap();
 
-    let absent = build(&GitlabRunnerKind, params(&gl, &create_only, json!({"state": "absent", "runner_id": id})));
+    let absent = build(
+        &GitlabRunnerKind,
+        params(&gl, &create_only, json!({"state": "absent", "runner_id": id})),
+    );
     assert_eq!(drift(&*absent, &cx).await, format!("delete runner {id}"));
     let err = converge(&*absent, &cx).await.unwrap_err();
     assert!(
-        err.message.contains(&format!("deleting runner {id} needs a token with the `manage_runner` or `api` scope")),
+        err.message.contains(&format!(
+            "deleting runner {id} needs a token with the `manage_runner` or `api` scope"
+        )),
         "{err}"
     );
     assert_eq!(gl.runners().len(), 1);
 
     let manager = gl.add_token(&["manage_runner"]);
-    let absent = build(&GitlabRunnerKind, params(&gl, &manager, json!({"state": "absent", "runner_id": id})));
+    let absent = build(
+        &GitlabRunnerKind,
+        params(&gl, &manager, json!({"state": "absent", "runner_id": id})),
+    );
     assert!(converge(&*absent, &cx).await.unwrap().changed);
     assert!(gl.runners().is_empty());
     gl.clear_requests();
@@ -135,10 +156,16 @@ async fn absent_by_runner_token_needs_no_scope() {
     let gl = GitLabEmulator::start().await.unwrap();
     let token = gl.add_token(&["create_runner"]);
     let cx = context_with_hosts(&[]);
-    let first = converge(&*build(&GitlabRunnerKind, params(&gl, &token, json!({}))), &cx).await.unwrap();
+    let first = converge(&*build(&GitlabRunnerKind, params(&gl, &token, json!({}))), &cx)
+        .await
+        .unwrap();
     let absent = build(
         &GitlabRunnerKind,
-        params(&gl, &token, json!({"state": "absent", "runner_token": first.outputs["token"]})),
+        params(
+            &gl,
+            &token,
+            json!({"state": "absent", "runner_token": first.outputs["token"]}),
+        ),
     );
     assert!(converge(&*absent, &cx).await.unwrap().changed);
     assert!(gl.runners().is_empty());
@@ -159,7 +186,9 @@ async fn wrong_token_and_outage() {
 
     let token = gl.add_token(&["api"]);
     gl.fail_next_requests(2);
-    let out = converge(&*build(&GitlabRunnerKind, params(&gl, &token, json!({}))), &cx).await.unwrap();
+    let out = converge(&*build(&GitlabRunnerKind, params(&gl, &token, json!({}))), &cx)
+        .await
+        .unwrap();
     assert!(out.changed);
     assert_eq!(gl.requests().iter().filter(|r| r.status == 503).count(), 2);
     assert_eq!(gl.runners().len(), 1, "a retried create makes one runner");

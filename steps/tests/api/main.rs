@@ -2,6 +2,7 @@
 //! create, re-run in sync without writes, drift, teardown, injected faults,
 //! and secrets that never show in errors or logs.
 
+mod client;
 mod github;
 mod gitlab;
 mod logs;
@@ -27,7 +28,13 @@ pub fn context_with_hosts(hosts: &[&str]) -> StepContext {
     for h in hosts {
         table.hosts.insert(
             (*h).to_owned(),
-            Arc::new(Host::new((*h).to_owned(), vec!["all".into()], Map::new(), Default::default(), None)),
+            Arc::new(Host::new(
+                (*h).to_owned(),
+                vec!["all".into()],
+                Map::new(),
+                Default::default(),
+                None,
+            )),
         );
     }
     cx.hosts = Arc::new(table);

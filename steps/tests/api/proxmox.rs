@@ -39,7 +39,10 @@ async fn creates_starts_reports_ip_then_rerun_writes_nothing() {
     let cx = context_with_hosts(&["gitlab-runner-01"]);
 
     let summary = drift(&*step, &cx).await;
-    assert!(summary.starts_with("clone template 9000 as vm `gitlab-runner-01`"), "{summary}");
+    assert!(
+        summary.starts_with("clone template 9000 as vm `gitlab-runner-01`"),
+        "{summary}"
+    );
     assert!(summary.contains("set cores 1 -> 2"), "{summary}");
     assert!(summary.contains("enable the qemu guest agent"), "{summary}");
     assert!(summary.contains("start vm `gitlab-runner-01`"), "{summary}");
@@ -91,7 +94,11 @@ async fn drift_changes_only_what_differs() {
     pve.clear_requests();
     let applied = converge(&*step, &cx).await.unwrap();
     assert!(applied.changed);
-    let writes: Vec<String> = pve.writes().iter().map(|r| format!("{} {}", r.method, r.path)).collect();
+    let writes: Vec<String> = pve
+        .writes()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
     assert_eq!(
         writes,
         [
@@ -107,7 +114,9 @@ async fn drift_changes_only_what_differs() {
 async fn stopped_then_absent_tears_down() {
     let pve = ProxmoxEmulator::start().await.unwrap();
     let cx = context_with_hosts(&["gitlab-runner-01"]);
-    converge(&*build(&ProxmoxVmKind, params(&pve, json!({}))), &cx).await.unwrap();
+    converge(&*build(&ProxmoxVmKind, params(&pve, json!({}))), &cx)
+        .await
+        .unwrap();
 
     let stop = build(&ProxmoxVmKind, params(&pve, json!({"state": "stopped"})));
     assert_eq!(drift(&*stop, &cx).await, "shut down vm 100");
@@ -117,7 +126,9 @@ async fn stopped_then_absent_tears_down() {
     in_sync(&*stop, &cx).await;
 
     // Started again, then absent: stop first (Proxmox refuses to destroy a running VM), then destroy.
-    converge(&*build(&ProxmoxVmKind, params(&pve, json!({}))), &cx).await.unwrap();
+    converge(&*build(&ProxmoxVmKind, params(&pve, json!({}))), &cx)
+        .await
+        .unwrap();
     let absent = build(&ProxmoxVmKind, params(&pve, json!({"state": "absent"})));
     assert_eq!(drift(&*absent, &cx).await, "stop vm 100; destroy vm 100");
     let out = converge(&*absent, &cx).await.unwrap();
@@ -155,7 +166,8 @@ async fn a_failed_task_fails_with_proxmox_message() {
     pve.fail_next_task("qmclone", "clone failed: storage 'local-lvm' is full");
     let err = converge(&*step, &cx).await.unwrap_err();
     assert!(
-        err.message.contains("clone template 9000 as vm `gitlab-runner-01` failed: clone failed: storage 'local-lvm' is full"),
+        err.message
+            .contains("clone template 9000 as vm `gitlab-runner-01` failed: clone failed: storage 'local-lvm' is full"),
         "{err}"
     );
     assert!(pve.vm(100).is_none(), "a failed clone leaves no VM");
@@ -229,7 +241,11 @@ async fn a_vmid_taken_by_another_vm_is_refused_before_any_write() {
     let step = build(&ProxmoxVmKind, params(&pve, json!({"vmid": TEMPLATE_ID})));
     let cx = context_with_hosts(&["gitlab-runner-01"]);
     let err = step.check(&cx).await.unwrap_err();
-    assert!(err.message.contains("parameter `vmid`: 9000 is taken by `debian-12-cloudinit`"), "{err}");
+    assert!(
+        err.message
+            .contains("parameter `vmid`: 9000 is taken by `debian-12-cloudinit`"),
+        "{err}"
+    );
     assert!(pve.writes().is_empty());
 }
 

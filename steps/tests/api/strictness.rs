@@ -49,7 +49,10 @@ async fn wait_task(api: &ApiClient, upid: &str) {
 async fn proxmox_refuses_missing_or_wrong_auth() {
     let pve = ProxmoxEmulator::start().await.unwrap();
     let e = err(&pve_client(&pve, None), Req::get("/version")).await;
-    assert_eq!((e.status, e.message.as_str()), (Some(401), "proxmox GET /version: 401 No ticket"));
+    assert_eq!(
+        (e.status, e.message.as_str()),
+        (Some(401), "proxmox GET /version: 401 No ticket")
+    );
     // The older `USER@REALM!TOKEN:SECRET` spelling and a Bearer header are not what the server takes.
     for wrong in [
         format!("PVEAPIToken={}:{}", pve.token_id(), pve.token_secret()),
@@ -67,10 +70,16 @@ async fn proxmox_form_booleans_are_0_or_1_but_json_is_accepted() {
     let pve = ProxmoxEmulator::start().await.unwrap();
     let api = pve_client(&pve, token(&pve));
     let clone = format!("/nodes/pve/qemu/{TEMPLATE_ID}/clone");
-    let e = err(&api, Req::post(&clone).form(pairs(&[("newid", "101"), ("full", "true")]))).await;
+    let e = err(
+        &api,
+        Req::post(&clone).form(pairs(&[("newid", "101"), ("full", "true")])),
+    )
+    .await;
     assert!(e.is(400));
     assert_eq!(e.body["errors"]["full"], "type check ('boolean') failed - got 'true'");
-    assert!(e.message.contains("Parameter verification failed.: full: type check ('boolean') failed - got 'true'"));
+    assert!(e
+        .message
+        .contains("Parameter verification failed.: full: type check ('boolean') failed - got 'true'"));
 
     let ok = api
         .send(Req::post(&clone).json(json!({"newid": 101, "name": "a", "full": true})))
@@ -94,7 +103,11 @@ async fn proxmox_sshkeys_must_be_percent_encoded() {
     let api = pve_client(&pve, token(&pve));
     pve.add_vm(150, "plain", false);
     let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl me@host";
-    let e = err(&api, Req::put("/nodes/pve/qemu/150/config").form(pairs(&[("sshkeys", key)]))).await;
+    let e = err(
+        &api,
+        Req::put("/nodes/pve/qemu/150/config").form(pairs(&[("sshkeys", key)])),
+    )
+    .await;
     assert!(e.is(400));
     assert_eq!(
         e.body["errors"]["sshkeys"],
@@ -102,10 +115,22 @@ async fn proxmox_sshkeys_must_be_percent_encoded() {
     );
     // `+` for spaces (form-style encoding applied once) is not the urlencoded format either.
     let plus = key.replace(' ', "+");
-    assert!(err(&api, Req::put("/nodes/pve/qemu/150/config").form(pairs(&[("sshkeys", &plus)]))).await.is(400));
+    assert!(err(
+        &api,
+        Req::put("/nodes/pve/qemu/150/config").form(pairs(&[("sshkeys", &plus)]))
+    )
+    .await
+    .is(400));
     // Encoded, but not a key.
-    let e = err(&api, Req::put("/nodes/pve/qemu/150/config").form(pairs(&[("sshkeys", "hello%20world")]))).await;
-    assert_eq!((e.status, e.message.contains("SSH public key validation error")), (Some(500), true));
+    let e = err(
+        &api,
+        Req::put("/nodes/pve/qemu/150/config").form(pairs(&[("sshkeys", "hello%20world")])),
+    )
+    .await;
+    assert_eq!(
+        (e.status, e.message.contains("SSH public key validation error")),
+        (Some(500), true)
+    );
     let encoded: String = percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC).to_string();
     api.send(Req::put("/nodes/pve/qemu/150/config").form(pairs(&[("sshkeys", &encoded)])))
         .await
@@ -116,14 +141,25 @@ async fn proxmox_sshkeys_must_be_percent_encoded() {
 async fn proxmox_unknown_parameters_endpoints_and_conflicts() {
     let pve = ProxmoxEmulator::start().await.unwrap();
     let api = pve_client(&pve, token(&pve));
-    let e = err(&api, Req::put("/nodes/pve/qemu/9000/config").form(pairs(&[("corez", "2")]))).await;
+    let e = err(
+        &api,
+        Req::put("/nodes/pve/qemu/9000/config").form(pairs(&[("corez", "2")])),
+    )
+    .await;
     assert!(e.is(400));
-    assert!(e.body["errors"]["corez"].as_str().unwrap().contains("not defined in schema"));
+    assert!(e.body["errors"]["corez"]
+        .as_str()
+        .unwrap()
+        .contains("not defined in schema"));
     let e = err(&api, Req::get("/nodes/pve/lxc")).await;
     assert!(e.is(501), "{e}");
     let next = api.send(Req::get("/cluster/nextid")).await.unwrap();
     assert_eq!(next.json["data"], json!("100"), "nextid answers a string");
-    let e = err(&api, Req::get("/nodes/pve/tasks/UPID:pve:0:0:0:qmstart:1:root@pam:/status")).await;
+    let e = err(
+        &api,
+        Req::get("/nodes/pve/tasks/UPID:pve:0:0:0:qmstart:1:root@pam:/status"),
+    )
+    .await;
     assert!(e.is(400), "{e}");
 
     pve.add_vm(101, "busy", false);
@@ -159,9 +195,17 @@ async fn github_insists_on_its_headers() {
         ApiClient::new(opts).unwrap()
     };
     let path = "/repos/acme/app/actions/runners";
-    let e = err(&client(vec![("accept", "application/vnd.github+json".into())]), Req::get(path)).await;
+    let e = err(
+        &client(vec![("accept", "application/vnd.github+json".into())]),
+        Req::get(path),
+    )
+    .await;
     assert!(e.is(400) && e.message.contains("X-GitHub-Api-Version"), "{e}");
-    let e = err(&client(vec![("x-github-api-version", "2022-11-28".into())]), Req::get(path)).await;
+    let e = err(
+        &client(vec![("x-github-api-version", "2022-11-28".into())]),
+        Req::get(path),
+    )
+    .await;
     assert!(e.is(415), "{e}");
     let ok = client(vec![
         ("accept", "application/vnd.github+json".into()),

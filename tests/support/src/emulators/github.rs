@@ -67,7 +67,10 @@ fn msg(status: u16, message: &str) -> Reply {
 impl Api {
     fn check_headers(req: &Request) -> Result<(), Reply> {
         if req.header("user-agent").is_none_or(str::is_empty) {
-            return Err(Reply::json(403, &json!({"message": "Request forbidden by administrative rules. Please make sure your request has a User-Agent header (https://docs.github.com/en/rest/overview/resources-in-the-rest-api#user-agent-required). Check https://developer.github.com for other possible causes."})));
+            return Err(Reply::json(
+                403,
+                &json!({"message": "Request forbidden by administrative rules. Please make sure your request has a User-Agent header (https://docs.github.com/en/rest/overview/resources-in-the-rest-api#user-agent-required). Check https://developer.github.com for other possible causes."}),
+            ));
         }
         match req.header("x-github-api-version") {
             None => return Err(msg(400, "A supported 'X-GitHub-Api-Version' header is required")),
@@ -118,11 +121,18 @@ impl Api {
                 if *kind == "registration-token" {
                     state.registration_tokens.insert(token.clone(), (repo, expires));
                 }
-                Ok(Reply::json(201, &json!({"token": token, "expires_at": super::rfc3339(expires)})))
+                Ok(Reply::json(
+                    201,
+                    &json!({"token": token, "expires_at": super::rfc3339(expires)}),
+                ))
             }
             ("GET", []) => {
                 let q: BTreeMap<String, String> = parse_form(req.query.as_bytes()).into_iter().collect();
-                let per_page: usize = q.get("per_page").and_then(|v| v.parse().ok()).unwrap_or(30).clamp(1, 100);
+                let per_page: usize = q
+                    .get("per_page")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(30)
+                    .clamp(1, 100);
                 let page: usize = q.get("page").and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
                 let mine: Vec<&GhRunner> = state.runners.values().filter(|r| r.repo == repo).collect();
                 let total = mine.len();
@@ -146,7 +156,10 @@ impl Api {
                 Ok(reply)
             }
             (m @ ("GET" | "DELETE"), [id]) => {
-                let id = id.parse::<u64>().ok().filter(|id| state.runners.get(id).is_some_and(|r| r.repo == repo));
+                let id = id
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|id| state.runners.get(id).is_some_and(|r| r.repo == repo));
                 let Some(id) = id else {
                     return Err(msg(404, "Not Found"));
                 };
@@ -275,5 +288,10 @@ impl GitHubEmulator {
 
     pub fn fail_next_requests(&self, n: u32) {
         self.server.fail_next_requests(n);
+    }
+
+    /// Answer the next `n` requests with 429 and `Retry-After: retry_after_secs`.
+    pub fn throttle_next_requests(&self, n: u32, retry_after_secs: u32) {
+        self.server.throttle_next_requests(n, retry_after_secs);
     }
 }

@@ -158,10 +158,11 @@ fn as_str(v: Option<&Value>) -> Option<String> {
 impl Api {
     /// The caller's scopes, or the 401 GitLab sends.
     fn scopes(&self, req: &Request) -> Result<Vec<String>, Reply> {
-        let token = req
-            .header("private-token")
-            .map(str::to_owned)
-            .or_else(|| req.header("authorization").and_then(|a| a.strip_prefix("Bearer ")).map(str::to_owned));
+        let token = req.header("private-token").map(str::to_owned).or_else(|| {
+            req.header("authorization")
+                .and_then(|a| a.strip_prefix("Bearer "))
+                .map(str::to_owned)
+        });
         let state = lock(&self.state);
         token
             .and_then(|t| state.tokens.get(&t).cloned())
@@ -370,6 +371,11 @@ impl GitLabEmulator {
     /// Answer the next `n` requests with 503.
     pub fn fail_next_requests(&self, n: u32) {
         self.server.fail_next_requests(n);
+    }
+
+    /// Answer the next `n` requests with 429 and `Retry-After: retry_after_secs`.
+    pub fn throttle_next_requests(&self, n: u32, retry_after_secs: u32) {
+        self.server.throttle_next_requests(n, retry_after_secs);
     }
 
     pub fn runners(&self) -> Vec<Runner> {

@@ -138,6 +138,9 @@ pub(crate) struct Shared {
     pub(crate) requests: Mutex<Vec<Recorded>>,
     /// Answer this many next requests with 503.
     pub(crate) unavailable: AtomicU32,
+    /// Answer this many next requests with 429 and this `Retry-After` (seconds).
+    pub(crate) throttled: AtomicU32,
+    pub(crate) retry_after: AtomicU32,
 }
 
 /// A running server; stops accepting and drops its connections when dropped.
@@ -199,6 +202,12 @@ impl Server {
     /// Answer the next `n` requests with 503 Service Unavailable.
     pub fn fail_next_requests(&self, n: u32) {
         self.shared.unavailable.store(n, Ordering::SeqCst);
+    }
+
+    /// Answer the next `n` requests with 429 Too Many Requests and `Retry-After: retry_after_secs`.
+    pub fn throttle_next_requests(&self, n: u32, retry_after_secs: u32) {
+        self.shared.retry_after.store(retry_after_secs, Ordering::SeqCst);
+        self.shared.throttled.store(n, Ordering::SeqCst);
     }
 }
 
@@ -275,8 +284,16 @@ async fn answer(req: hyper::Request<Incoming>, handler: &dyn Handler, shared: &S
         .unavailable
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok();
+    let throttled = !outage
+        && shared
+            .throttled
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
     let reply = if outage {
         handler.unavailable()
+    } else if throttled {
+        Reply::json(429, &serde_json::json!({"message": "429 Too Many Requests"}))
+            .header("retry-after", shared.retry_after.load(Ordering::SeqCst).to_string())
     } else {
         handler.handle(&request)
     };

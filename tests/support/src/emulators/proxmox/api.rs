@@ -83,11 +83,11 @@ impl Api {
                 Some(id) => ok(json!(id.to_string())),
                 None => ok(json!(c.next_id().to_string())),
             }),
-            ("GET", ["cluster", "resources"]) => with(
-                req,
-                &[opt("type", Ty::Enum(&["vm", "storage", "node", "sdn"]))],
-                |p| resources(&c, p.str("type")),
-            ),
+            ("GET", ["cluster", "resources"]) => {
+                with(req, &[opt("type", Ty::Enum(&["vm", "storage", "node", "sdn"]))], |p| {
+                    resources(&c, p.str("type"))
+                })
+            }
             ("GET", ["nodes"]) => ok(Value::Array(
                 c.nodes
                     .iter()
@@ -119,12 +119,15 @@ impl Api {
             (_, ["qemu", vmid, rest @ ..]) => {
                 let Ok(vmid) = vmid.parse::<u32>() else {
                     return params::verification_failed(
-                        [("vmid".to_owned(), json!(format!("type check ('integer') failed - got '{vmid}'")))]
-                            .into_iter()
-                            .collect(),
+                        [(
+                            "vmid".to_owned(),
+                            json!(format!("type check ('integer') failed - got '{vmid}'")),
+                        )]
+                        .into_iter()
+                        .collect(),
                     );
                 };
-                if !c.vms.get(&vmid).is_some_and(|v| v.node == node) {
+                if c.vms.get(&vmid).is_none_or(|v| v.node != node) {
                     // The real server loads the VM's config before anything else.
                     if is_vm_route(m, rest) {
                         return fail(
@@ -162,7 +165,13 @@ impl Api {
                     if let Some(vm) = c.vms.get_mut(&vmid) {
                         vm.lock = Some("destroyed".into());
                     }
-                    ok(json!(c.spawn(node, "qmdestroy", &vmid.to_string(), user, Effect::Destroy(vmid))))
+                    ok(json!(c.spawn(
+                        node,
+                        "qmdestroy",
+                        &vmid.to_string(),
+                        user,
+                        Effect::Destroy(vmid)
+                    )))
                 },
             ),
             ("POST", ["clone"]) => with(
@@ -209,7 +218,11 @@ impl Api {
             ("POST", ["status", op @ ("start" | "stop" | "shutdown")]) => {
                 let specs: &[Spec] = match *op {
                     "start" => &[opt("timeout", Ty::Int), opt("skiplock", Ty::Bool)],
-                    "stop" => &[opt("timeout", Ty::Int), opt("skiplock", Ty::Bool), opt("keepActive", Ty::Bool)],
+                    "stop" => &[
+                        opt("timeout", Ty::Int),
+                        opt("skiplock", Ty::Bool),
+                        opt("keepActive", Ty::Bool),
+                    ],
                     _ => &[
                         opt("timeout", Ty::Int),
                         opt("forceStop", Ty::Bool),
@@ -349,7 +362,10 @@ fn clone(c: &mut Cluster, node: &str, vmid: u32, p: &Params, user: &str) -> Repl
     }
     let full = p.bool("full").unwrap_or(!src.is_template());
     if !full && !src.is_template() {
-        return fail(500, "Linked clone feature is not supported for running/non-template VMs");
+        return fail(
+            500,
+            "Linked clone feature is not supported for running/non-template VMs",
+        );
     }
     if !full && p.str("storage").is_some() {
         return fail(400, "parameter 'storage' is only allowed for full clones");
@@ -358,7 +374,9 @@ fn clone(c: &mut Cluster, node: &str, vmid: u32, p: &Params, user: &str) -> Repl
     config.remove("template");
     config.insert(
         "name".into(),
-        json!(p.str("name").map_or_else(|| format!("Copy-of-VM-{}", src.name()), str::to_owned)),
+        json!(p
+            .str("name")
+            .map_or_else(|| format!("Copy-of-VM-{}", src.name()), str::to_owned)),
     );
     if let Some(d) = p.str("description") {
         config.insert("description".into(), json!(d));
@@ -375,7 +393,13 @@ fn clone(c: &mut Cluster, node: &str, vmid: u32, p: &Params, user: &str) -> Repl
             lock: Some("clone".into()),
         },
     );
-    ok(json!(c.spawn(node, "qmclone", &vmid.to_string(), user, Effect::FinishClone(newid))))
+    ok(json!(c.spawn(
+        node,
+        "qmclone",
+        &vmid.to_string(),
+        user,
+        Effect::FinishClone(newid)
+    )))
 }
 
 fn set_config(c: &mut Cluster, vmid: u32, p: Params) -> Result<(), Reply> {
@@ -406,7 +430,12 @@ fn set_config(c: &mut Cluster, vmid: u32, p: Params) -> Result<(), Reply> {
         match k.as_str() {
             "digest" | "skiplock" => {}
             "delete" => {
-                for key in v.as_str().unwrap_or("").split([',', ';', ' ']).filter(|s| !s.is_empty()) {
+                for key in v
+                    .as_str()
+                    .unwrap_or("")
+                    .split([',', ';', ' '])
+                    .filter(|s| !s.is_empty())
+                {
                     vm.config.remove(key);
                 }
             }
@@ -436,7 +465,13 @@ fn power(c: &mut Cluster, node: &str, vmid: u32, op: &str, user: &str) -> Reply 
             if vm.running {
                 return fail(500, format!("VM {vmid} already running"));
             }
-            ok(json!(c.spawn(node, "qmstart", &vmid.to_string(), user, Effect::Start(vmid))))
+            ok(json!(c.spawn(
+                node,
+                "qmstart",
+                &vmid.to_string(),
+                user,
+                Effect::Start(vmid)
+            )))
         }
         _ => {
             if !vm.running {

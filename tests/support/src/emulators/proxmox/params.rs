@@ -86,7 +86,9 @@ pub fn parse(req: &Request, specs: &[Spec]) -> Result<Params, Reply> {
                 raw.extend(parse_form(&req.body).into_iter().map(|(k, v)| (k, Raw::Text(v))));
             }
             other => {
-                return Err(Reply::json(415, &json!({"data": null})).reason(format!("unsupported content type '{other}'")))
+                return Err(
+                    Reply::json(415, &json!({"data": null})).reason(format!("unsupported content type '{other}'"))
+                )
             }
         }
     }
@@ -111,7 +113,10 @@ pub fn parse(req: &Request, specs: &[Spec]) -> Result<Params, Reply> {
     }
     for spec in specs.iter().filter(|s| s.required) {
         if !out.contains_key(spec.name) && !errors.contains_key(spec.name) {
-            errors.insert(spec.name.to_owned(), json!("property is missing and it is not optional"));
+            errors.insert(
+                spec.name.to_owned(),
+                json!("property is missing and it is not optional"),
+            );
         }
     }
     if errors.is_empty() {
@@ -149,9 +154,9 @@ fn check(ty: Ty, value: &Raw) -> Result<String, String> {
                 .map_err(|_| format!("type check ('integer') failed - got '{text}'"))?;
             if matches!(ty, Ty::VmId) && !(100..=999_999_999).contains(&n) {
                 return Err(if n < 100 {
-                    format!("value must have a minimum value of 100")
+                    "value must have a minimum value of 100".to_owned()
                 } else {
-                    format!("value must have a maximum value of 999999999")
+                    "value must have a maximum value of 999999999".to_owned()
                 });
             }
             Ok(n.to_string())
@@ -171,7 +176,10 @@ fn check(ty: Ty, value: &Raw) -> Result<String, String> {
             if values.contains(&text.as_str()) {
                 Ok(text)
             } else {
-                Err(format!("value '{text}' does not have a value in the enumeration '{}'", values.join(", ")))
+                Err(format!(
+                    "value '{text}' does not have a value in the enumeration '{}'",
+                    values.join(", ")
+                ))
             }
         }
     }
@@ -190,7 +198,11 @@ pub fn valid_ssh_keys(decoded: &str) -> bool {
         "sk-ecdsa-sha2-nistp256@openssh.com",
     ];
     let mut any = false;
-    for line in decoded.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for line in decoded
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         let mut fields = line.split_whitespace();
         let (Some(kind), Some(blob)) = (fields.next(), fields.next()) else {
             return false;

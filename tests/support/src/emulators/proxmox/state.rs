@@ -44,8 +44,7 @@ impl Vm {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        text.split(',')
-            .any(|part| part == "1" || part == "enabled=1")
+        text.split(',').any(|part| part == "1" || part == "enabled=1")
     }
 }
 
@@ -107,9 +106,7 @@ impl Cluster {
     /// Start a task; its effect lands when it finishes.
     pub fn spawn(&mut self, node: &str, kind: &str, id: &str, user: &str, effect: Effect) -> String {
         self.next_pid += 1;
-        let starttime = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let starttime = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let upid = format!(
             "UPID:{node}:{pid:08X}:{pstart:08X}:{starttime:08X}:{kind}:{id}:{user}:",
             pid = self.next_pid,
