@@ -41,7 +41,7 @@ impl Default for RetryPolicy {
 }
 
 /// How to build a client for one API.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientOptions {
     /// The API's name in messages (`proxmox`, `gitlab`, `github`).
     pub api: &'static str,
@@ -58,6 +58,22 @@ pub struct ClientOptions {
     pub headers: Vec<(&'static str, String)>,
     /// The credential header; its value is a secret.
     pub auth: Option<(&'static str, String)>,
+}
+
+impl fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The credential's value never: only which header carries it.
+        f.debug_struct("ClientOptions")
+            .field("api", &self.api)
+            .field("base_url", &self.base_url)
+            .field("ca_file", &self.ca_file)
+            .field("insecure", &self.insecure)
+            .field("timeout", &self.timeout)
+            .field("retry", &self.retry)
+            .field("headers", &self.headers)
+            .field("auth", &self.auth.as_ref().map(|(name, _)| format!("{name}: ****")))
+            .finish()
+    }
 }
 
 impl ClientOptions {
@@ -425,9 +441,14 @@ fn is_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
         }
         // Wrappers on the way (boxed errors) can hide the type: rustls's own wording then tells.
         let text = err.to_string();
-        if ["invalid peer certificate", "received fatal alert", "peer is incompatible", "peer misbehaved"]
-            .iter()
-            .any(|m| text.contains(m))
+        if [
+            "invalid peer certificate",
+            "received fatal alert",
+            "peer is incompatible",
+            "peer misbehaved",
+        ]
+        .iter()
+        .any(|m| text.contains(m))
         {
             return true;
         }
@@ -466,6 +487,17 @@ pub fn segment(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_never_show_the_credential() {
+        let mut o = ClientOptions::new("gitlab", "https://gitlab.example.com");
+        o.auth = Some(("private-token", "glpat-do-not-show".into()));
+        let shown = format!("{o:?}");
+        assert!(
+            !shown.contains("glpat-do-not-show") && shown.contains("private-token: ****"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn retry_after_seconds() {

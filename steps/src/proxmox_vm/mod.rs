@@ -498,6 +498,18 @@ impl Step for ProxmoxVm {
             }
             done.push(line);
         }
+        // A running VM changed in place: its address is still an output.
+        if ip.is_none() && running && vmid != 0 {
+            let addr = match self.state.as_str() {
+                "started" => Some(pve.wait_ip(&node, vmid, self.wait_ip_timeout).await?),
+                "present" => pve.agent_ip(&node, vmid).await.ok().flatten(),
+                _ => None,
+            };
+            if let Some(addr) = addr {
+                self.publish_ip(cx, &addr.to_string())?;
+                ip = Some(addr.to_string());
+            }
+        }
         let status = if self.state == "absent" {
             "absent"
         } else if running {

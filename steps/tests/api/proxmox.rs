@@ -108,6 +108,17 @@ async fn drift_changes_only_what_differs() {
     );
     assert_eq!(pve.vm(100).unwrap().config["cores"], json!(2));
     in_sync(&*step, &cx).await;
+
+    // Changed while running: the change waits for the next boot, the address is still reported.
+    pve.set_config(100, "memory", Some(json!("1024")));
+    assert_eq!(
+        drift(&*step, &cx).await,
+        "set memory 1024 -> 2048 (takes effect at the next boot)"
+    );
+    let cx2 = context_with_hosts(&["gitlab-runner-01"]);
+    let applied = converge(&*step, &cx2).await.unwrap();
+    assert_eq!(applied.outputs["ip"], json!("127.0.0.10"));
+    assert_eq!(cx2.hosts.get("gitlab-runner-01").unwrap().address(), "127.0.0.10");
 }
 
 #[tokio::test]

@@ -337,3 +337,36 @@ fn to_hyper(reply: Reply) -> hyper::Response<Full<Bytes>> {
 pub fn parse_form(text: &[u8]) -> Vec<(String, String)> {
     form_urlencoded::parse(text).into_owned().collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Echo;
+
+    impl Handler for Echo {
+        fn handle(&self, req: &Request) -> Reply {
+            Reply::json(200, &serde_json::json!({"path": req.path}))
+        }
+        fn auth_present(&self, _req: &Request) -> bool {
+            false
+        }
+    }
+
+    #[tokio::test]
+    async fn stops_listening_when_dropped() {
+        let server = Server::start(Arc::new(Echo), None).await.unwrap();
+        let addr = server.addr();
+        tokio::net::TcpStream::connect(addr).await.unwrap();
+        drop(server);
+        let mut refused = false;
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(addr).await.is_err() {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(refused, "the port still accepts connections after drop");
+    }
+}
