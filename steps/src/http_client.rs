@@ -59,7 +59,10 @@ pub fn client_with(
         None => Vec::new(),
     };
     if opts.insecure {
-        tracing::warn!("TLS certificate verification is OFF for this step (`insecure: true`): anyone on the path can read and change its requests");
+        tracing::warn!(
+            "TLS CERTIFICATE VERIFICATION IS OFF (`insecure: true`): anyone on the path can read and change this \
+             traffic, credentials included; use `ca_file` instead"
+        );
     }
     let builder = |only_given_roots: bool| {
         let mut b = Client::builder().user_agent(USER_AGENT);

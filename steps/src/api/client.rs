@@ -220,18 +220,8 @@ impl fmt::Debug for ApiClient {
     }
 }
 
-/// reqwest is built without a bundled crypto provider; use ring, once per process.
-fn ensure_crypto_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // Fails only when another provider is already installed, which is as good.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
-
 impl ApiClient {
     pub fn new(opts: ClientOptions) -> Result<Self, StepError> {
-        ensure_crypto_provider();
         let base = opts.base_url.trim_end_matches('/').to_owned();
         if !(base.starts_with("https://") || base.starts_with("http://")) {
             return Err(StepError::param(
@@ -256,31 +246,19 @@ impl ApiClient {
             value.set_sensitive(true);
             headers.insert(HeaderName::from_static(name), value);
         }
-        let mut builder = reqwest::Client::builder()
-            .user_agent(concat!("flowrun/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none());
-        if let Some(path) = &opts.ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|e| StepError::param("ca_file", format!("cannot read `{}`: {e}", path.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .ok()
-                .filter(|c| !c.is_empty())
-                .ok_or_else(|| StepError::param("ca_file", format!("`{}` holds no PEM certificate", path.display())))?;
-            builder = builder.tls_certs_merge(certs);
-        }
-        if opts.insecure {
-            tracing::warn!(
-                api = opts.api,
-                url = %base,
-                "TLS CERTIFICATE VERIFICATION IS OFF (`insecure: true`): anyone on the path can read and \
-                 change this API traffic, credentials included; use `ca_file` instead"
-            );
-            builder = builder.tls_danger_accept_invalid_certs(true);
-        }
-        let http = builder
-            .build()
-            .map_err(|e| StepError::failed(format!("cannot set up the {} client: {}", opts.api, chain(&e))))?;
+        // TLS (ring, `ca_file`, the loud `insecure` warning) is decided in one place for all steps.
+        let http = crate::http_client::client_with(
+            crate::http_client::ClientOptions {
+                ca_file: opts.ca_file.as_deref(),
+                insecure: opts.insecure,
+                timeout: None,
+            },
+            |b| {
+                b.user_agent(concat!("flowrun/", env!("CARGO_PKG_VERSION")))
+                    .connect_timeout(Duration::from_secs(10))
+                    .redirect(reqwest::redirect::Policy::none())
+            },
+        )?;
         Ok(Self {
             http,
             api: opts.api,
@@ -358,7 +336,11 @@ impl ApiClient {
             Err(e) => {
                 let err = ApiError {
                     status: None,
-                    message: mask(&format!("{what}: cannot reach {}: {}", self.base, chain(&e))),
+                    message: mask(&format!(
+                        "{what}: cannot reach {}: {}",
+                        self.base,
+                        crate::http_client::describe(&e)
+                    )),
                     body: Value::Null,
                 };
                 // A refused connection never reached the server: safe to retry for any method.
@@ -455,20 +437,6 @@ fn is_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
         cur = err.source();
     }
     false
-}
-
-/// An error and its causes on one line (reqwest's own text says little).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        let t = s.to_string();
-        if !parts.iter().any(|p| p.contains(&t)) {
-            parts.push(t);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
 }
 
 /// A path segment made safe for a URL (node names, UPIDs, runner names).
