@@ -6,6 +6,7 @@
 
 pub mod local;
 pub mod shell;
+pub mod ssh;
 
 use async_trait::async_trait;
 use std::fmt;
