@@ -30,8 +30,10 @@
 //! through a generated config file that includes the user's own).
 
 mod connect;
+mod connector;
 mod options;
 
+pub use connector::SshConnector;
 pub use options::{default_control_dir, SshOptions, SSHD_MAX_SESSIONS};
 
 use super::{shell, ExecOutput, ExecRequest, Program, Transport, TransportError};

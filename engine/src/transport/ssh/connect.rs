@@ -145,8 +145,7 @@ pub fn describe(e: &openssh::Error) -> String {
 fn ssh_message(text: &str) -> String {
     text.lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('@'))
-        .last()
+        .rfind(|l| !l.is_empty() && !l.starts_with('@'))
         .unwrap_or("")
         .to_owned()
 }
