@@ -4,3 +4,4 @@
 mod core;
 mod errors;
 mod harness;
+mod ssh;

@@ -470,3 +470,12 @@ impl Drop for SshdHost {
         self.kill();
     }
 }
+
+impl SshdHost {
+    /// Start a killed host again with the same address, port, keys and files,
+    /// as a machine comes back after a reboot. `extra_config` as at start.
+    pub fn restart(&mut self, extra_config: &[String]) -> io::Result<()> {
+        self.kill();
+        self.launch(extra_config)
+    }
+}
