@@ -6,68 +6,8 @@ use crate::harness::Sandbox;
 use flowrun_lab::sshd::{SshdHost, SshdOptions};
 use std::time::{Duration, Instant};
 
-/// Ten steps on every host of `web`: directories, copies, a template, lines,
-/// a guarded command, and a plain command whose runs are counted.
-const WEB: &str = r#"
-    name: web
-    vars:
-      base: $DIR/hosts
-    steps:
-      - id: root
-        hosts: web
-        uses: file
-        with: { path: "{{base}}/{{inventory_hostname}}", state: directory, mode: "0755" }
-      - id: conf
-        needs: [root]
-        hosts: web
-        uses: file
-        with: { path: "{{base}}/{{inventory_hostname}}/conf", state: directory }
-      - id: data
-        needs: [root]
-        hosts: web
-        uses: file
-        with: { path: "{{base}}/{{inventory_hostname}}/data", state: directory }
-      - id: motd
-        needs: [conf]
-        hosts: web
-        uses: copy
-        with: { dest: "{{base}}/{{inventory_hostname}}/conf/motd", content: "hello {{inventory_hostname}}\n", mode: "0644" }
-      - id: app-conf
-        needs: [conf]
-        hosts: web
-        uses: template
-        with: { src: templates/app.conf.hbs, dest: "{{base}}/{{inventory_hostname}}/conf/app.conf", mode: "0600" }
-        notify: [restart]
-      - id: hosts-line
-        needs: [conf]
-        hosts: web
-        uses: line
-        with: { path: "{{base}}/{{inventory_hostname}}/conf/hosts", line: "{{host.address}} {{inventory_hostname}}", create: true }
-      - id: limits
-        needs: [conf]
-        hosts: web
-        uses: line
-        with: { path: "{{base}}/{{inventory_hostname}}/conf/limits", line: "nofile 65536", create: true }
-      - id: init
-        needs: [data]
-        hosts: web
-        uses: command
-        with: { shell: "echo init >> {{base}}/{{inventory_hostname}}/runs; touch {{base}}/{{inventory_hostname}}/data/.init", creates: "{{base}}/{{inventory_hostname}}/data/.init" }
-      - id: slow
-        needs: [init]
-        hosts: web
-        uses: command
-        with: { shell: "sleep {{default pause 0}}; echo slow >> {{base}}/{{inventory_hostname}}/runs" }
-      - id: done
-        needs: [motd, app-conf, hosts-line, limits, slow]
-        hosts: web
-        uses: copy
-        with: { dest: "{{base}}/{{inventory_hostname}}/done", content: "ok\n" }
-    handlers:
-      - id: restart
-        uses: command
-        with: { shell: "echo restart >> {{base}}/{{inventory_hostname}}/runs" }
-"#;
+/// Ten steps on every host of `web` (shared with the SSH benchmark).
+const WEB: &str = include_str!("data/web.yml");
 
 fn web(n: usize) -> (Sandbox, Vec<SshdHost>) {
     let sb = Sandbox::new();
