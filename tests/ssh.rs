@@ -92,7 +92,7 @@ fn ten_hosts_converge_then_rerun_opens_no_connection_and_verify_finds_no_drift()
 #[test]
 fn a_host_that_dies_mid_run_is_unreachable_others_finish_and_the_next_run_resumes_it() {
     let (sb, mut hosts) = web(4);
-    let mut child = sb
+    let child = sb
         .cmd(&["run", "web.yml", "-i", "hosts.yml", "-e", "pause=3"])
         .cmd
         .stdout(std::process::Stdio::piped())

@@ -942,9 +942,11 @@ async fn run_instance(
     } else {
         None
     };
+    let previous = ctx.records.get(&key).and_then(|r| restore_outputs(&ctx, r));
     let journaled = record.filter(|r| r.fingerprint == fp);
     let journal_outputs = journaled.and_then(|r| restore_outputs(&ctx, r));
     if let (Some(outputs), false, false) = (&journal_outputs, ctx.opts.verify, dep_changed) {
+        built.restored(outputs, &ctx.plan.hosts);
         emit(
             &ctx,
             &step,
@@ -991,6 +993,7 @@ async fn run_instance(
         timeout: step.timeout,
         masker: ctx.env.masker.clone(),
         hosts: ctx.plan.hosts.clone(),
+        previous,
     };
     let result = attempt(&ctx, &step, built.as_ref(), &cx, vars).await;
     let info = step.kind.info();
@@ -1291,6 +1294,7 @@ async fn handler_once(ctx: &Ctx, h: &StepDef, host: &Arc<Host>, vars: &Value) ->
         timeout: h.timeout,
         masker: ctx.env.masker.clone(),
         hosts: ctx.plan.hosts.clone(),
+        previous: None,
     };
     attempt(ctx, h, built.as_ref(), &cx, vars).await.map(Some)
 }

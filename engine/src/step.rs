@@ -271,6 +271,11 @@ pub trait Step: Send + Sync {
     fn fingerprint_extra(&self) -> Option<String> {
         None
     }
+
+    /// Called instead of `check`/`apply` when the journal restores this
+    /// instance's outputs: re-publish what the run needs from them (a step
+    /// that fills in a host's address does it again, so later steps reach it).
+    fn restored(&self, _outputs: &Outputs, _hosts: &crate::host::HostTable) {}
 }
 
 /// Mode flags of the run.
@@ -292,6 +297,10 @@ pub struct StepContext {
     pub timeout: Option<Duration>,
     pub masker: Arc<Masker>,
     pub hosts: Arc<crate::host::HostTable>,
+    /// This instance's outputs as the journal last recorded them (even when its
+    /// parameters changed since): what the step made last time, e.g. the id
+    /// and token of a runner it registered. `None` on a first run.
+    pub previous: Option<Outputs>,
 }
 
 impl StepContext {

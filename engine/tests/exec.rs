@@ -368,6 +368,7 @@ mod secrets_stay_out_of_argv {
             timeout: None,
             masker,
             hosts: Arc::new(HostTable::default()),
+            previous: None,
         }
     }
 

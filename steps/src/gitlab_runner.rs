@@ -105,12 +105,6 @@ impl StepKind for GitlabRunnerKind {
         let state = p.choice("state", STATES, "present")?;
         let runner_id = p.opt_i64("runner_id")?;
         let runner_token = p.opt_str("runner_token")?.filter(|t| !t.trim().is_empty());
-        if state == "absent" && runner_id.is_none() && runner_token.is_none() {
-            return Err(StepError::param(
-                "state",
-                "`absent` needs `runner_id` or `runner_token` to know which runner to delete",
-            ));
-        }
         let access_level = match p.get("access_level") {
             Some(_) => Some(p.choice("access_level", ACCESS_LEVELS, "not_protected")?),
             None => None,
@@ -233,9 +227,25 @@ impl GitlabRunner {
         }
     }
 
+    /// The runner's token: given, or the one this step registered last time (from the journal).
+    fn known_token(&self, cx: &StepContext) -> Option<String> {
+        let t = self.runner_token.clone().or_else(|| {
+            cx.previous
+                .as_ref()?
+                .get("token")?
+                .as_str()
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+        });
+        if let Some(t) = &t {
+            cx.add_secret(t);
+        }
+        t
+    }
+
     /// Whether the runner exists (and its id), for `absent`.
-    async fn existing(&self, api: &ApiClient) -> Result<Option<i64>, StepError> {
-        if let Some(t) = &self.runner_token {
+    async fn existing(&self, api: &ApiClient, token: Option<&str>) -> Result<Option<i64>, StepError> {
+        if let Some(t) = token {
             return self.verify(api, t).await;
         }
         let id = self.runner_id.unwrap_or_default();
@@ -289,12 +299,19 @@ impl Step for GitlabRunner {
     async fn check(&self, cx: &StepContext) -> Result<Check, StepError> {
         let api = self.client(cx)?;
         if self.state == "absent" {
-            return Ok(match self.existing(api).await? {
+            let token = self.known_token(cx);
+            if token.is_none() && self.runner_id.is_none() {
+                return Err(StepError::param(
+                    "state",
+                    "`absent` needs `runner_id` or `runner_token` (or an earlier run of this step that registered the runner) to know which runner to delete",
+                ));
+            }
+            return Ok(match self.existing(api, token.as_deref()).await? {
                 None => Check::InSync(outputs(None, None, "absent")),
                 Some(id) => Check::Drift(Pending::new(format!("delete runner {id}"))),
             });
         }
-        let Some(runner_token) = &self.runner_token else {
+        let Some(runner_token) = &self.known_token(cx) else {
             return Ok(Check::Drift(Pending::new(format!("create {}", self.what()))));
         };
         match self.verify(api, runner_token).await? {
@@ -312,7 +329,8 @@ impl Step for GitlabRunner {
     async fn apply(&self, cx: &StepContext, _pending: Pending) -> Result<Applied, StepError> {
         let api = self.client(cx)?;
         if self.state == "absent" {
-            let (req, id) = match (&self.runner_token, self.runner_id) {
+            let token = self.known_token(cx);
+            let (req, id) = match (&token, self.runner_id) {
                 // A runner may delete itself with its own token: no scope needed.
                 (Some(t), id) => (Req::delete("/runners").json(json!({ "token": t })), id),
                 (None, id) => (Req::delete(format!("/runners/{}", id.unwrap_or_default())), id),
@@ -320,7 +338,7 @@ impl Step for GitlabRunner {
             let label = id.map_or_else(|| "the runner".to_owned(), |i| format!("runner {i}"));
             return match api.send(req).await {
                 Ok(_) => Ok(Applied::changed(outputs(None, None, "absent")).message(format!("deleted {label}"))),
-                Err(e) if e.is(404) || (e.is(403) && self.runner_token.is_some()) => Ok(Applied {
+                Err(e) if e.is(404) || (e.is(403) && token.is_some()) => Ok(Applied {
                     changed: false,
                     outputs: outputs(None, None, "absent"),
                     message: Some(format!("{label} was already gone")),

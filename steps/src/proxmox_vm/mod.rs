@@ -377,6 +377,13 @@ impl ProxmoxVm {
 
 #[async_trait::async_trait]
 impl Step for ProxmoxVm {
+    /// From the journal: the VM's last known IP fills the inventory host again.
+    fn restored(&self, outputs: &Outputs, hosts: &flowrun_engine::host::HostTable) {
+        if let (Some(host), Some(ip)) = (&self.inventory_host, outputs.get("ip").and_then(Value::as_str)) {
+            let _ = hosts.set_address(host, ip);
+        }
+    }
+
     async fn check(&self, cx: &StepContext) -> Result<Check, StepError> {
         let pve = Pve { api: self.client(cx)? };
         let obs = self.observe(&pve).await?;
