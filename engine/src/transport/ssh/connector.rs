@@ -50,6 +50,13 @@ impl SshConnector {
     }
 }
 
+#[async_trait]
+impl Connector for SshConnector {
+    async fn connect(&self, host: &Host) -> Result<Arc<dyn Transport>, TransportError> {
+        Ok(Arc::new(SshTransport::connect(host, &self.opts).await?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,12 +70,5 @@ mod tests {
         super::super::options::ensure_control_dir(&dir).unwrap();
         drop(c);
         assert!(!dir.exists());
-    }
-}
-
-#[async_trait]
-impl Connector for SshConnector {
-    async fn connect(&self, host: &Host) -> Result<Arc<dyn Transport>, TransportError> {
-        Ok(Arc::new(SshTransport::connect(host, &self.opts).await?))
     }
 }
