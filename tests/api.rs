@@ -222,6 +222,15 @@ fn vm_ssh_and_runner_in_one_run_then_nothing_then_teardown() {
     assert_eq!(std::fs::read_to_string(sb.path("vm/etc/runner-token")).unwrap(), token);
     assert_eq!(gitlab.runners().len(), 1, "--verify registered a second runner");
 
+    // The runner token is a secret output: restored on re-runs (above), yet never stored in
+    // plaintext, nor written to a report.
+    run("provision.yml", &["--junit", "report.xml", "--metrics", "m.prom"], 0);
+    let token = token.trim();
+    for f in ["journal.db", "journal.db-wal", "report.xml", "m.prom"] {
+        let bytes = std::fs::read(sb.path(f)).unwrap_or_default();
+        assert!(!bytes.windows(token.len()).any(|w| w == token.as_bytes()), "{f} holds the runner token");
+    }
+
     // Teardown: the runner is gone from GitLab and the VM from Proxmox.
     run("teardown.yml", &[], 0);
     assert!(gitlab.runners().is_empty(), "runner still registered");
