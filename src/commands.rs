@@ -243,11 +243,7 @@ fn run(args: &RunArgs, quiet: bool) -> Result<i32, Failure> {
             masker: masker.clone(),
             secrets: secret_values,
             pool: Arc::new(Pool::new(flowrun_engine::transport::default_connector())),
-            sink: Arc::new(LinePrinter {
-                diff: args.diff,
-                quiet,
-                silent: json,
-            }),
+            sink: Arc::new(LinePrinter::new(args.diff, quiet, json)),
             interrupt: rx,
         };
         exec::run(plan, opts, env).await

@@ -301,7 +301,7 @@ fn history_show_and_forget() {
     sb.run(&["forget", "--workflow", "site", "--step", "version"], 0)
         .stdout_has("forgot 1 journal record");
     let r = sb.run(&["run", "site.yml"], 0);
-    r.stdout_has("ok: [localhost] version");
+    r.stdout_has("changed: [localhost] version - run `");
     assert!(!r.stdout.contains("version (journal)"));
     sb.run(&["show", "nope"], 2).stderr_has("no run `nope`");
     sb.run(&["forget"], 2);
@@ -385,4 +385,68 @@ fn unsafe_kill(pid: u32, sig: i32) {
 #[test]
 fn unindent_helper() {
     assert_eq!(unindent("\n  a\n    b\n"), "a\n  b\n");
+}
+
+#[test]
+fn a_canary_secret_never_leaks() {
+    const CANARY: &str = "canary-8f3a1c9e77d2";
+    let sb = Sandbox::new();
+    sb.write(
+        "wf.yml",
+        r#"
+        secrets:
+          token: { env: FLOWRUN_CANARY }
+        steps:
+          - id: echo
+            uses: command
+            with: { argv: [cat], stdin: "{{secrets.token}}" }
+          - id: write
+            needs: [echo]
+            uses: copy
+            with: { dest: "$DIR/secret.txt", content: "{{steps.echo.outputs.stdout}} {{default suffix ''}}\n", mode: "0600" }
+          - id: fail
+            needs: [write]
+            uses: command
+            with: { shell: "cat secret.txt >&2; test -z '{{default fail ''}}'" }
+        "#,
+    );
+    let mut seen = String::new();
+    for args in [
+        vec!["run", "wf.yml", "--diff", "--junit", "r.xml", "--metrics", "m.prom"],
+        vec![
+            "run",
+            "wf.yml",
+            "--diff",
+            "-e",
+            "suffix=x",
+            "-e",
+            "fail=1",
+            "--junit",
+            "r.xml",
+            "--metrics",
+            "m.prom",
+            "-vv",
+        ],
+        vec!["run", "wf.yml", "--output", "json", "--junit", "r.xml"],
+    ] {
+        let out = sb.cmd(&args).env("FLOWRUN_CANARY", CANARY).output();
+        seen.push_str(&String::from_utf8_lossy(&out.stdout));
+        seen.push_str(&String::from_utf8_lossy(&out.stderr));
+        seen.push_str(&sb.read("r.xml"));
+        seen.push_str(&sb.read("m.prom"));
+    }
+    assert!(
+        seen.contains("****"),
+        "the secret was used and masked somewhere:\n{seen}"
+    );
+    assert!(!seen.contains(CANARY), "the secret leaked:\n{seen}");
+    // The file the workflow wrote has it, as it should.
+    assert!(sb.read("secret.txt").contains(CANARY));
+    for f in ["journal.db", "journal.db-wal", "journal.db-shm", "journal.db.key"] {
+        let bytes = std::fs::read(sb.path(f)).unwrap_or_default();
+        assert!(
+            !bytes.windows(CANARY.len()).any(|w| w == CANARY.as_bytes()),
+            "{f} contains the secret"
+        );
+    }
 }

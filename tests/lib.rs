@@ -1,7 +1,9 @@
 //! End-to-end tests of the `flowrun` binary: each test runs the real binary
 //! in a temporary directory with its own journal.
 
+mod api;
 mod core;
 mod errors;
 mod harness;
 mod shipped_workflows;
+mod ssh;

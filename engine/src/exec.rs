@@ -845,18 +845,28 @@ async fn run_instance(
     let hctx = Templates::context(vars);
     let vars = hctx.data();
     let fail = |msg: String, t0: Instant| {
+        let (status, node, msg) = if ctx.opts.check && dep_changed {
+            // In --check, a step that needs a step that would change cannot know its inputs.
+            (
+                Status::Skipped,
+                NodeStatus::Skipped,
+                format!("cannot check: it needs a step that would change first ({msg})"),
+            )
+        } else {
+            (Status::Failed, NodeStatus::Failed, msg)
+        };
         emit(
             &ctx,
             &step,
             &host.name,
             ishow.clone(),
-            Status::Failed,
+            status,
             false,
             t0.elapsed(),
             Some(msg),
             None,
         );
-        InstanceOutcome::of(NodeStatus::Failed)
+        InstanceOutcome::of(node)
     };
     if let Some(cond) = &step.when {
         match ctx
@@ -932,9 +942,11 @@ async fn run_instance(
     } else {
         None
     };
+    let previous = ctx.records.get(&key).and_then(|r| restore_outputs(&ctx, r));
     let journaled = record.filter(|r| r.fingerprint == fp);
     let journal_outputs = journaled.and_then(|r| restore_outputs(&ctx, r));
     if let (Some(outputs), false, false) = (&journal_outputs, ctx.opts.verify, dep_changed) {
+        built.restored(outputs, &ctx.plan.hosts);
         emit(
             &ctx,
             &step,
@@ -951,6 +963,7 @@ async fn run_instance(
             outputs: outputs.clone(),
         };
     }
+    ctx.env.sink.started(&step.id, &host.name, ishow.as_deref());
     let transport = match ctx.env.pool.get(&host).await {
         Ok(t) => t,
         Err(e) => {
@@ -980,6 +993,7 @@ async fn run_instance(
         timeout: step.timeout,
         masker: ctx.env.masker.clone(),
         hosts: ctx.plan.hosts.clone(),
+        previous,
     };
     let result = attempt(&ctx, &step, built.as_ref(), &cx, vars).await;
     let info = step.kind.info();
@@ -1280,6 +1294,7 @@ async fn handler_once(ctx: &Ctx, h: &StepDef, host: &Arc<Host>, vars: &Value) ->
         timeout: h.timeout,
         masker: ctx.env.masker.clone(),
         hosts: ctx.plan.hosts.clone(),
+        previous: None,
     };
     attempt(ctx, h, built.as_ref(), &cx, vars).await.map(Some)
 }

@@ -635,7 +635,7 @@ const RUN_COLS: &str = "id, workflow, inventory, started_at, finished_at, status
 
 fn history(conn: &Connection, wf: Option<&str>, limit: usize) -> rusqlite::Result<Vec<RunRow>> {
     let mut st = conn.prepare(&format!(
-        "SELECT {RUN_COLS} FROM runs WHERE (?1 IS NULL OR workflow = ?1) ORDER BY started_at DESC, id DESC LIMIT ?2"
+        "SELECT {RUN_COLS} FROM runs WHERE (?1 IS NULL OR workflow = ?1) ORDER BY started_at DESC, rowid DESC LIMIT ?2"
     ))?;
     let rows = st.query_map(params![wf, i64::try_from(limit).unwrap_or(i64::MAX)], run_row)?;
     rows.collect()

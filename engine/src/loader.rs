@@ -989,10 +989,11 @@ impl KnownVars {
                     }
                     return None;
                 }
-                "results" | "status" | "changed" => return None,
+                // `hosts.NAME.outputs...`: per host, for a step that ran on other hosts.
+                "results" | "status" | "changed" | "hosts" => return None,
                 other => {
                     return Some(format!(
-                        "`steps.{id}.{other}`: a step has `outputs`, `results`, `status` and `changed`"
+                        "`steps.{id}.{other}`: a step has `outputs`, `results`, `status`, `changed` and `hosts`"
                     ))
                 }
             }

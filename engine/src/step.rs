@@ -11,7 +11,7 @@
 use crate::host::Host;
 use crate::secrets::Masker;
 use crate::template::Templates;
-use crate::transport::{Become, ExecOutput, ExecRequest, FileAttrs, FileStat, Transport, TransportError};
+use crate::transport::{Become, ExecOutput, ExecRequest, FileAttrs, FileStat, Program, Transport, TransportError};
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 use std::fmt;
@@ -271,6 +271,11 @@ pub trait Step: Send + Sync {
     fn fingerprint_extra(&self) -> Option<String> {
         None
     }
+
+    /// Called instead of `check`/`apply` when the journal restores this
+    /// instance's outputs: re-publish what the run needs from them (a step
+    /// that fills in a host's address does it again, so later steps reach it).
+    fn restored(&self, _outputs: &Outputs, _hosts: &crate::host::HostTable) {}
 }
 
 /// Mode flags of the run.
@@ -292,10 +297,16 @@ pub struct StepContext {
     pub timeout: Option<Duration>,
     pub masker: Arc<Masker>,
     pub hosts: Arc<crate::host::HostTable>,
+    /// This instance's outputs as the journal last recorded them (even when its
+    /// parameters changed since): what the step made last time, e.g. the id
+    /// and token of a runner it registered. `None` on a first run.
+    pub previous: Option<Outputs>,
 }
 
 impl StepContext {
-    /// Run a command on the target (with this instance's `become`).
+    /// Run a command on the target (with this instance's `become`). A command
+    /// line that contains a secret never goes into argv: the script travels on
+    /// stdin (`sh -s`), or through a temp file of mode 0600 when stdin carries data.
     pub async fn exec(&self, mut req: ExecRequest) -> Result<ExecOutput, StepError> {
         if req.become_.is_none() {
             req.become_.clone_from(&self.become_);
@@ -303,7 +314,48 @@ impl StepContext {
         if req.timeout.is_none() {
             req.timeout = self.timeout;
         }
-        Ok(self.transport.exec(req).await?)
+        let script = match &req.program {
+            Program::Shell(s) => s.clone(),
+            Program::Argv(a) => a
+                .iter()
+                .map(|w| crate::transport::quote(w))
+                .collect::<Vec<_>>()
+                .join(" "),
+        };
+        let env_has_secret = req.env.iter().any(|(_, v)| self.masker.contains_secret(v));
+        if !self.masker.contains_secret(&script) && !env_has_secret {
+            return Ok(self.transport.exec(req).await?);
+        }
+        // Environment values with secrets become exports inside the script.
+        let mut body = String::new();
+        for (k, v) in std::mem::take(&mut req.env) {
+            body.push_str(&format!("export {}={}\n", k, crate::transport::quote(&v)));
+        }
+        body.push_str(&script);
+        body.push('\n');
+        match req.stdin.take() {
+            None => {
+                req.program = Program::Argv(vec!["sh".into(), "-s".into()]);
+                req.stdin = Some(body.into_bytes());
+                Ok(self.transport.exec(req).await?)
+            }
+            Some(data) => {
+                let mut r = [0u8; 8];
+                let _ = getrandom::fill(&mut r);
+                let path = format!("/tmp/.flowrun-{}.sh", crate::transport::local::hex(&r));
+                let attrs = FileAttrs {
+                    mode: Some(0o600),
+                    ..FileAttrs::default()
+                };
+                self.transport
+                    .write_file(&path, body.as_bytes(), &attrs, req.become_.as_ref())
+                    .await?;
+                let p = crate::transport::quote(&path);
+                req.program = Program::Shell(format!("sh {p}; rc=$?; rm -f {p}; exit $rc"));
+                req.stdin = Some(data);
+                Ok(self.transport.exec(req).await?)
+            }
+        }
     }
 
     /// Run a shell script on the target; a non-zero exit is an error carrying stderr.

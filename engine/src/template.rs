@@ -301,21 +301,19 @@ fn walk_helper(h: &HelperTemplate, refs: &mut Vec<VarRef>, unknown: &mut Vec<Str
 
 fn walk_param(p: &Parameter, refs: &mut Vec<VarRef>, unknown: &mut Vec<String>) {
     match p {
-        Parameter::Path(path) => {
-            if let handlebars::Path::Relative((segs, raw)) = path {
-                if raw.starts_with('@') || raw.starts_with("this") || raw.starts_with("../") {
-                    return;
-                }
-                let parts: Vec<String> = segs
-                    .iter()
-                    .filter_map(|s| match s {
-                        PathSeg::Named(n) => Some(n.clone()),
-                        _ => None,
-                    })
-                    .collect();
-                if !parts.is_empty() {
-                    refs.push(VarRef { path: parts });
-                }
+        Parameter::Path(handlebars::Path::Relative((segs, raw))) => {
+            if raw.starts_with('@') || raw.starts_with("this") || raw.starts_with("../") {
+                return;
+            }
+            let parts: Vec<String> = segs
+                .iter()
+                .filter_map(|s| match s {
+                    PathSeg::Named(n) => Some(n.clone()),
+                    _ => None,
+                })
+                .collect();
+            if !parts.is_empty() {
+                refs.push(VarRef { path: parts });
             }
         }
         Parameter::Subexpression(sub) => {
@@ -335,7 +333,8 @@ fn path_raw(p: &handlebars::Path) -> String {
 
 /// `{{ a.b.c }}` alone (whitespace around allowed) → the path.
 fn sole_path(text: &str) -> Option<Vec<String>> {
-    let inner = text.trim().strip_prefix("{{")?.strip_suffix("}}")?.trim();
+    // Whitespace inside the braces only: "{{x}}\n" is a string with a newline.
+    let inner = text.strip_prefix("{{")?.strip_suffix("}}")?.trim();
     if inner.is_empty()
         || !inner
             .chars()
@@ -549,6 +548,7 @@ mod tests {
         let v = json!({"vm": {"list": [1, 2]}});
         assert_eq!(t.render_value("t", "{{ vm.list }}", &v).unwrap(), json!([1, 2]));
         assert_eq!(t.render_value("t", "n={{vm.list.0}}", &v).unwrap(), json!("n=1"));
+        assert_eq!(t.render_value("t", "{{vm.list.0}}\n", &v).unwrap(), json!("1\n"));
     }
 
     #[test]

@@ -349,3 +349,49 @@ steps:
     assert_eq!(until.status, Status::Failed);
     assert_eq!(env.log().iter().filter(|l| *l == "try").count(), 3);
 }
+
+mod secrets_stay_out_of_argv {
+    use flowrun_engine::host::{Host, HostTable};
+    use flowrun_engine::secrets::Masker;
+    use flowrun_engine::step::{Mode, StepContext};
+    use flowrun_engine::transport::local::LocalTransport;
+    use flowrun_engine::transport::ExecRequest;
+    use serde_json::Map;
+    use std::sync::Arc;
+
+    fn cx(masker: Arc<Masker>) -> StepContext {
+        StepContext {
+            host: Arc::new(Host::localhost(Map::new())),
+            transport: Arc::new(LocalTransport),
+            become_: None,
+            mode: Mode::default(),
+            timeout: None,
+            masker,
+            hosts: Arc::new(HostTable::default()),
+            previous: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_secret_in_a_script_goes_through_stdin_or_a_private_file() {
+        let masker = Arc::new(Masker::default());
+        masker.add("s3cr3t-value");
+        let cx = cx(masker);
+        // The script prints its own argv: the secret must not be in it, yet it runs.
+        let out = cx
+            .exec(ExecRequest::shell(
+                "echo \"$0 $*\" | grep -c s3cr3t-value; echo s3cr3t-value",
+            ))
+            .await
+            .unwrap();
+        assert_eq!(out.stdout_str(), "0\ns3cr3t-value\n");
+        let out = cx
+            .exec(ExecRequest::shell("cat; echo; echo s3cr3t-value").stdin("data"))
+            .await
+            .unwrap();
+        assert_eq!(out.stdout_str(), "data\ns3cr3t-value\n");
+        let mut r = ExecRequest::argv(["sh", "-c", "echo $TOKEN"]);
+        r.env.push(("TOKEN".into(), "s3cr3t-value".into()));
+        assert_eq!(cx.exec(r).await.unwrap().stdout_str(), "s3cr3t-value\n");
+    }
+}

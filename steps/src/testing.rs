@@ -29,6 +29,7 @@ pub fn context(host: Arc<Host>, transport: Arc<dyn Transport>) -> StepContext {
         timeout: None,
         masker: Masker::global(),
         hosts: Arc::new(table),
+        previous: None,
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod local;
 pub mod shell;
+pub mod ssh;
 
 use async_trait::async_trait;
 use std::fmt;
@@ -13,9 +14,16 @@ use std::time::Duration;
 
 pub use shell::quote;
 
-/// The connector for remote hosts (SSH), when this build has one.
+/// The connector for remote hosts: SSH, with a private socket directory for
+/// the run. `None` only when that directory cannot be created.
 pub fn default_connector() -> Option<std::sync::Arc<dyn crate::pool::Connector>> {
-    None
+    match ssh::SshConnector::with_private_control_dir() {
+        Ok(c) => Some(std::sync::Arc::new(c)),
+        Err(e) => {
+            tracing::warn!("cannot create a directory for SSH control sockets: {e}");
+            None
+        }
+    }
 }
 
 /// Run as another user through `sudo -n` (never prompts; a password prompt is an error).

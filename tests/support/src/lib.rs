@@ -4,4 +4,5 @@
 //! servers reject. The end-to-end tests and `flowrun-lab` both use them.
 
 pub mod emulators;
+pub mod lab;
 pub mod sshd;

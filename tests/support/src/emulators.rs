@@ -1,1 +1,0 @@
-//! API emulators (filled in by the API work).

@@ -1,0 +1,102 @@
+//! The lab's virtual machines: when the Proxmox emulator starts a VM, a real
+//! sshd host comes up for it on its own loopback address, listening on the
+//! lab's SSH port as a real VM listens on 22, with the lab's public key
+//! authorized the way cloud-init would authorize the `sshkeys` it was given.
+//! A stopped VM keeps its files and comes back on start; with filesystem
+//! isolation, each VM has a private overlay of `/` so package installs act
+//! for real without touching this machine.
+
+use crate::emulators::proxmox::VmBackend;
+use crate::sshd::{Isolation, SshdHost, SshdOptions};
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Mutex;
+
+/// Starts an sshd host per started VM.
+pub struct SshdVmBackend {
+    isolation: Isolation,
+    ssh_port: u16,
+    /// An OpenSSH public key line authorized on every VM.
+    authorized_key: String,
+    vms: Mutex<HashMap<u32, SshdHost>>,
+}
+
+impl SshdVmBackend {
+    pub fn new(isolation: Isolation, ssh_port: u16, authorized_key: String) -> Self {
+        Self {
+            isolation,
+            ssh_port,
+            authorized_key,
+            vms: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The address a VM id gets: `127.77.X.Y`, stable per id.
+    pub fn address_of(vmid: u32) -> Ipv4Addr {
+        let [_, _, x, y] = vmid.to_be_bytes();
+        Ipv4Addr::new(127, 77, x, y.max(1))
+    }
+
+    fn extra_config(&self, ip: Ipv4Addr) -> Vec<String> {
+        vec![format!("ListenAddress {ip}:{}", self.ssh_port)]
+    }
+
+    /// Run `f` on the host of a VM (e.g. to count commands in tests).
+    pub fn with_vm<T>(&self, vmid: u32, f: impl FnOnce(&SshdHost) -> T) -> Option<T> {
+        self.vms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&vmid)
+            .map(f)
+    }
+
+    /// Ids of VMs whose sshd runs.
+    pub fn running(&self) -> Vec<u32> {
+        let mut vms = self.vms.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut ids: Vec<u32> = vms
+            .iter_mut()
+            .filter_map(|(id, h)| h.is_running().then_some(*id))
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+}
+
+impl VmBackend for SshdVmBackend {
+    fn start(&self, vmid: u32, name: &str) -> Result<Ipv4Addr, String> {
+        let ip = Self::address_of(vmid);
+        let mut vms = self.vms.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(host) = vms.get_mut(&vmid) {
+            if !host.is_running() {
+                host.restart(&self.extra_config(ip))
+                    .map_err(|e| format!("vm {vmid} did not boot: {e}"))?;
+            }
+            return Ok(ip);
+        }
+        let opts = SshdOptions {
+            name: Some(name.to_owned()),
+            isolation: self.isolation,
+            address: Some(ip),
+            extra_config: self.extra_config(ip),
+        };
+        let host = SshdHost::start(opts).map_err(|e| format!("vm {vmid} did not boot: {e}"))?;
+        let keys = host.dir().join("authorized_keys");
+        let mut text = std::fs::read_to_string(&keys).unwrap_or_default();
+        text.push_str(&self.authorized_key);
+        text.push('\n');
+        std::fs::write(&keys, text).map_err(|e| format!("vm {vmid}: cannot authorize the lab key: {e}"))?;
+        vms.insert(vmid, host);
+        Ok(ip)
+    }
+
+    fn stop(&self, vmid: u32) {
+        if let Some(h) = self
+            .vms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_mut(&vmid)
+        {
+            h.kill();
+        }
+    }
+}
