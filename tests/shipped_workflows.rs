@@ -32,7 +32,7 @@ fn runner_vars() -> Value {
         "runner_concurrent": 4,
         "runner_check_interval": 3,
         "runner_request_concurrency": 1,
-        "exporter_listen_ip": "",
+        "exporters_bind_runner_address": false,
         "runner_metrics_port": 9252,
         "gitlab_ca_cert": null,
         "runner_docker_image": "debian:bookworm-slim",
@@ -79,7 +79,8 @@ fn config_toml_options_privileged_socket_ca_listen_ip() {
     v["runner_privileged"] = json!(true);
     v["runner_mount_docker_socket"] = json!(true);
     v["gitlab_ca_cert"] = json!("-----BEGIN CERTIFICATE-----");
-    v["exporter_listen_ip"] = json!("127.0.0.11");
+    v["exporters_bind_runner_address"] = json!(true);
+    v["steps"]["runner-address"] = json!({"outputs": {"stdout": "127.0.0.11"}});
     v["runner_description"] = json!("lab runner");
     let out = render("config.toml.hbs", &v);
     for want in [
@@ -93,7 +94,7 @@ fn config_toml_options_privileged_socket_ca_listen_ip() {
     }
 }
 
-/// What the monitoring host sees: `runner-scrape-address` ran on two runners.
+/// What the monitoring host sees: `runner-address` ran on two runners.
 fn monitoring_vars() -> Value {
     json!({
         "node_exporter_port": 9100,
@@ -101,7 +102,7 @@ fn monitoring_vars() -> Value {
         "runner_metrics_port": 9252,
         "prometheus_target_labels": {"site": "dc1"},
         "prometheus_scrape_interval": "30s",
-        "steps": {"runner-scrape-address": {
+        "steps": {"runner-address": {
             "outputs": {"stdout": "192.0.2.10"},
             "hosts": {
                 "gitlab-runner-01": {"outputs": {"stdout": "192.0.2.10"}},
