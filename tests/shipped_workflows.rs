@@ -199,3 +199,28 @@ fn monitoring_content_passes_its_checks() {
 fn lab_repository_builds_signs_and_its_stand_ins_work() {
     run_ok(&mut script("tests/lab/check-repo.sh"));
 }
+
+/// Every shipped workflow loads, type-checks and plans against both shipped
+/// inventories: parameters, host patterns and every template variable.
+#[test]
+#[ignore = "needs the system steps (apt, apt_repo, service, firewall) in the registry: run with --ignored once they are"]
+fn shipped_workflows_validate_against_both_inventories() {
+    let workflows = [
+        "gitlab-runner-host",
+        "register-gitlab-runner",
+        "monitor-gitlab-runner",
+        "provision-gitlab-runner",
+        "reprovision-gitlab-runner",
+        "validate-gitlab-runner",
+    ];
+    for inventory in ["inventory/example", "inventory/lab"] {
+        for w in workflows {
+            run_ok(Command::new(env!("CARGO_BIN_EXE_flowrun")).current_dir(root()).args([
+                "validate",
+                &format!("workflows/{w}.yml"),
+                "-i",
+                inventory,
+            ]));
+        }
+    }
+}
