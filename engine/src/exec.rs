@@ -869,7 +869,7 @@ async fn run_instance(
         };
         emit(
             &ctx,
-            &step,
+            step,
             &host.name,
             ishow.clone(),
             status,
@@ -888,7 +888,7 @@ async fn run_instance(
             Ok(v) if !truthy(&v) => {
                 emit(
                     &ctx,
-                    &step,
+                    step,
                     &host.name,
                     ishow.clone(),
                     Status::Skipped,
@@ -933,11 +933,11 @@ async fn run_instance(
             }
         }
     };
-    let become_ = resolve_become(&step, &host);
+    let become_ = resolve_become(step, &host);
     let fp = fingerprint(
         &ctx.env.masker,
         &ctx.env.key,
-        &step,
+        step,
         &params,
         built.fingerprint_extra(),
         &host,
@@ -985,7 +985,7 @@ async fn run_instance(
             ctx.state().dead_hosts.insert(host.name.clone());
             emit(
                 &ctx,
-                &step,
+                step,
                 &host.name,
                 ishow,
                 Status::Unreachable,
@@ -1010,7 +1010,7 @@ async fn run_instance(
         hosts: ctx.plan.hosts.clone(),
         previous,
     };
-    let result = attempt(&ctx, &step, built.as_ref(), &cx, vars).await;
+    let result = attempt(&ctx, step, built.as_ref(), &cx, vars).await;
     let info = step.kind.info();
     match result {
         Ok(done) => {
@@ -1046,7 +1046,7 @@ async fn run_instance(
             }
             emit(
                 &ctx,
-                &step,
+                step,
                 &host.name,
                 ishow,
                 status,
@@ -1082,7 +1082,7 @@ async fn run_instance(
             };
             emit(
                 &ctx,
-                &step,
+                step,
                 &host.name,
                 ishow,
                 status,
