@@ -93,6 +93,15 @@ async fn repository_and_packages_converge() {
         "the machine's own dpkg database was changed"
     );
 
+    // The check asks about every package in one command.
+    let several = step(
+        &AptKind,
+        json!({"packages": ["flowrun-lab-hello", "flowrun-lab-extra", "dpkg"], "state": "latest"}),
+    );
+    let before = lab.host.commands_executed();
+    assert!(matches!(several.check(&lab.cx).await.unwrap(), Check::Drift(_)));
+    assert_eq!(lab.host.commands_executed() - before, 1);
+
     // Fresh lists satisfy `cache_valid_time`.
     let fresh = step(&AptKind, json!({"update_cache": true, "cache_valid_time": "1h"}));
     assert!(matches!(fresh.check(&lab.cx).await.unwrap(), Check::InSync(_)));
