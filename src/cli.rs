@@ -32,6 +32,8 @@ pub enum Command {
     Graph(GraphArgs),
     /// List the workflows in ./workflows.
     List,
+    /// Describe the built-in steps, or one of them: parameters and outputs.
+    Steps(StepsArgs),
     /// List past runs.
     History(HistoryArgs),
     /// Show one run, step by step.
@@ -131,6 +133,12 @@ pub enum GraphFormat {
 }
 
 #[derive(Args, Debug)]
+pub struct StepsArgs {
+    /// A step name (`apt`, `proxmox_vm`, ...).
+    pub name: Option<String>,
+}
+
+#[derive(Args, Debug)]
 pub struct HistoryArgs {
     #[arg(long)]
     pub workflow: Option<String>,
@@ -160,7 +168,7 @@ pub struct ForgetArgs {
 }
 
 const SUBCOMMANDS: &[&str] = &[
-    "run", "plan", "validate", "graph", "list", "history", "show", "forget", "help",
+    "run", "plan", "validate", "graph", "list", "steps", "history", "show", "forget", "help",
 ];
 
 /// Parse argv, turning `flowrun NAME ...` into `flowrun run NAME ...`.

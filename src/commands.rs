@@ -61,6 +61,7 @@ pub fn main(cli: Cli) -> i32 {
         Command::Validate(args) => validate(&args.workflows, &args.common),
         Command::Graph(args) => graph(&args.workflow, args.format, &args.common),
         Command::List => list(),
+        Command::Steps(args) => steps(args.name.as_deref()),
         Command::History(args) => history(args.journal.as_deref(), args.workflow.as_deref(), args.limit),
         Command::Show(args) => show(args.journal.as_deref(), &args.run_id),
         Command::Forget(args) => forget(
@@ -481,6 +482,54 @@ fn list() -> Result<i32, Failure> {
             Err(_) => read_description(&f).unwrap_or_else(|| "(needs an inventory to check)".into()),
         };
         println!("{name:<28} {desc}");
+    }
+    Ok(0)
+}
+
+fn steps(name: Option<&str>) -> Result<i32, Failure> {
+    let registry = registry();
+    let Some(name) = name else {
+        for k in registry.kinds() {
+            let info = k.info();
+            println!("{:<14} {}", info.name, info.doc);
+        }
+        return Ok(0);
+    };
+    let Some(kind) = registry.get(name) else {
+        let d = flowrun_engine::diag::suggest(
+            Diagnostic::new(format!("unknown step `{name}`")),
+            name,
+            &registry.names(),
+            "steps",
+        );
+        return Err(d.into());
+    };
+    let info = kind.info();
+    println!("{}: {}\n", info.name, info.doc);
+    println!("parameters:");
+    for p in info.params {
+        let req = if p.required { "required" } else { "optional" };
+        println!("  {:<18} {req}, {}: {}", p.name, p.ty, p.doc);
+    }
+    for group in info.one_of {
+        println!("  (exactly one of: {})", group.join(", "));
+    }
+    if !info.outputs.is_empty() {
+        let outs: Vec<String> = info
+            .outputs
+            .iter()
+            .map(|o| {
+                if info.secret_outputs.contains(o) {
+                    format!("{o} (secret)")
+                } else {
+                    (*o).to_owned()
+                }
+            })
+            .collect();
+        println!("outputs: {}", outs.join(", "));
+    }
+    if !info.journal {
+        println!("not journaled by default: it runs on every run (a probe)");
     }
     Ok(0)
 }

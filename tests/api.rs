@@ -228,7 +228,10 @@ fn vm_ssh_and_runner_in_one_run_then_nothing_then_teardown() {
     let token = token.trim();
     for f in ["journal.db", "journal.db-wal", "report.xml", "m.prom"] {
         let bytes = std::fs::read(sb.path(f)).unwrap_or_default();
-        assert!(!bytes.windows(token.len()).any(|w| w == token.as_bytes()), "{f} holds the runner token");
+        assert!(
+            !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+            "{f} holds the runner token"
+        );
     }
 
     // Teardown: the runner is gone from GitLab and the VM from Proxmox.

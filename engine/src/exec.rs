@@ -791,17 +791,27 @@ fn fingerprint(
     item: &str,
     become_: Option<&Become>,
 ) -> String {
+    #[derive(serde::Serialize)]
+    struct Material<'a> {
+        kind: &'a str,
+        version: u32,
+        params: &'a Map<String, Value>,
+        extra: Option<String>,
+        host: String,
+        item: &'a str,
+        become_: Option<&'a str>,
+    }
     let info = step.kind.info();
-    let material = json!({
-        "kind": info.name,
-        "version": info.version,
-        "params": params,
-        "extra": extra,
-        "host": host.identity(),
-        "item": item,
-        "become": become_.map(|b| &b.user),
+    let material = serde_json::to_string(&Material {
+        kind: info.name,
+        version: info.version,
+        params,
+        extra,
+        host: host.identity(),
+        item,
+        become_: become_.map(|b| b.user.as_str()),
     })
-    .to_string();
+    .unwrap_or_default();
     let material = if masker.is_empty() {
         material
     } else {
@@ -833,11 +843,13 @@ async fn run_instance(
     };
     let pn = &ctx.plan.nodes[node];
     let host = pn.host.clone();
-    let step = ctx.wf().steps[pn.step].clone();
+    let wf = ctx.plan.workflow.clone();
+    let step = &wf.steps[pn.step];
     let t0 = Instant::now();
     let (ikey, ishow) = item.as_ref().map(item_key).unzip();
     let ikey = ikey.unwrap_or_default();
-    let mut vars: Value = (*vars).clone();
+    // The node's variables, shared by its items: taken over when this is the only user.
+    let mut vars: Value = Arc::try_unwrap(vars).unwrap_or_else(|shared| (*shared).clone());
     if let (Some(it), Value::Object(m)) = (&item, &mut vars) {
         m.insert("item".into(), it.clone());
     }
@@ -857,7 +869,7 @@ async fn run_instance(
         };
         emit(
             &ctx,
-            &step,
+            step,
             &host.name,
             ishow.clone(),
             status,
@@ -876,7 +888,7 @@ async fn run_instance(
             Ok(v) if !truthy(&v) => {
                 emit(
                     &ctx,
-                    &step,
+                    step,
                     &host.name,
                     ishow.clone(),
                     Status::Skipped,
@@ -921,11 +933,11 @@ async fn run_instance(
             }
         }
     };
-    let become_ = resolve_become(&step, &host);
+    let become_ = resolve_become(step, &host);
     let fp = fingerprint(
         &ctx.env.masker,
         &ctx.env.key,
-        &step,
+        step,
         &params,
         built.fingerprint_extra(),
         &host,
@@ -942,14 +954,16 @@ async fn run_instance(
     } else {
         None
     };
+    // What the journal last recorded for this instance, parsed once: the step's
+    // previous state, and its outputs when the fingerprint still matches.
     let previous = ctx.records.get(&key).and_then(|r| restore_outputs(&ctx, r));
-    let journaled = record.filter(|r| r.fingerprint == fp);
-    let journal_outputs = journaled.and_then(|r| restore_outputs(&ctx, r));
-    if let (Some(outputs), false, false) = (&journal_outputs, ctx.opts.verify, dep_changed) {
-        built.restored(outputs, &ctx.plan.hosts);
+    let fingerprint_matches = record.is_some_and(|r| r.fingerprint == fp);
+    if fingerprint_matches && previous.is_some() && !ctx.opts.verify && !dep_changed {
+        let outputs = previous.unwrap_or_default();
+        built.restored(&outputs, &ctx.plan.hosts);
         emit(
             &ctx,
-            &step,
+            step,
             &host.name,
             ishow,
             Status::Ok,
@@ -960,9 +974,10 @@ async fn run_instance(
         );
         return InstanceOutcome {
             status: NodeStatus::Ok,
-            outputs: outputs.clone(),
+            outputs,
         };
     }
+    let journal_outputs = if fingerprint_matches { previous.clone() } else { None };
     ctx.env.sink.started(&step.id, &host.name, ishow.as_deref());
     let transport = match ctx.env.pool.get(&host).await {
         Ok(t) => t,
@@ -970,7 +985,7 @@ async fn run_instance(
             ctx.state().dead_hosts.insert(host.name.clone());
             emit(
                 &ctx,
-                &step,
+                step,
                 &host.name,
                 ishow,
                 Status::Unreachable,
@@ -995,7 +1010,7 @@ async fn run_instance(
         hosts: ctx.plan.hosts.clone(),
         previous,
     };
-    let result = attempt(&ctx, &step, built.as_ref(), &cx, vars).await;
+    let result = attempt(&ctx, step, built.as_ref(), &cx, vars).await;
     let info = step.kind.info();
     match result {
         Ok(done) => {
@@ -1031,7 +1046,7 @@ async fn run_instance(
             }
             emit(
                 &ctx,
-                &step,
+                step,
                 &host.name,
                 ishow,
                 status,
@@ -1067,7 +1082,7 @@ async fn run_instance(
             };
             emit(
                 &ctx,
-                &step,
+                step,
                 &host.name,
                 ishow,
                 status,

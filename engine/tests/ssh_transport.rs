@@ -379,6 +379,34 @@ async fn refused_login_and_closed_port_are_unreachable() {
 }
 
 #[tokio::test]
+async fn a_server_that_never_speaks_ssh_is_unreachable() {
+    // Accepts TCP connections and says nothing: only the connect timeout ends the wait.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _holder = std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().take(2).collect();
+        std::thread::sleep(Duration::from_secs(10));
+        drop(held);
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let conn = ConnSpec {
+        port: Some(port),
+        user: Some("root".into()),
+        ..ConnSpec::default()
+    };
+    let silent = Host::new("silent".into(), vec![], Map::new(), conn, Some("127.0.0.1".into()));
+    let opts = SshOptions {
+        connect_timeout: Duration::from_secs(1),
+        ..options(&tmp)
+    };
+    let err = bounded(SshTransport::connect(&silent, &opts)).await.unwrap_err();
+    assert!(
+        matches!(&err, TransportError::Unreachable(m) if m.starts_with("cannot connect to `silent`") && m.contains("timed out")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn a_host_that_dies_is_unreachable() {
     let mut h = SshdHost::start(SshdOptions::default()).unwrap();
     let tmp = tempfile::tempdir().unwrap();

@@ -21,13 +21,18 @@ mod test_http;
 mod test_transport;
 
 // Step kinds.
+pub mod apt;
+pub mod apt_repo;
 pub mod assert;
 pub mod command;
 pub mod copy;
 pub mod file;
+pub mod firewall;
 pub mod http;
 pub mod line;
+pub mod service;
 pub mod template;
+pub mod user;
 pub mod wait_for;
 
 use flowrun_engine::step::StepKind;
@@ -46,6 +51,12 @@ pub fn registry() -> Vec<Box<dyn StepKind>> {
         Box::new(proxmox_vm::ProxmoxVmKind),
         Box::new(gitlab_runner::GitlabRunnerKind),
         Box::new(github_runner::GithubRunnerKind),
+        Box::new(apt::AptKind),
+        Box::new(apt_repo::AptRepoKind),
+        Box::new(service::ServiceKind),
+        Box::new(firewall::FirewallKind),
+        Box::new(user::UserKind),
+        Box::new(user::GroupKind),
     ]
 }
 

@@ -80,9 +80,11 @@ const ABSENT: &str = "__FLOWRUN_ABSENT__";
 
 pub fn stat_script(path: &str) -> String {
     let p = quote(path);
+    // Absent only when stat says so: a path we may not look into is an error, not "absent".
     format!(
-        "if [ -e {p} ]; then stat -L -c '%F|%a|%U|%G|%s' -- {p} || exit 3; \
-         if [ -f {p} ]; then sha256sum -- {p} | cut -c1-64 || exit 3; fi; else echo {ABSENT}; fi"
+        "if out=$(LC_ALL=C stat -L -c '%F|%a|%U|%G|%s' -- {p} 2>&1); then echo \"$out\"; \
+         if [ -f {p} ]; then sha256sum -- {p} | cut -c1-64 || exit 3; fi; \
+         else case \"$out\" in *'No such file'*|*'Not a directory'*) echo {ABSENT};; *) echo \"$out\" >&2; exit 3;; esac; fi"
     )
 }
 
@@ -126,7 +128,11 @@ const ABSENT_RC: i32 = 44;
 
 pub fn read_script(path: &str) -> String {
     let p = quote(path);
-    format!("if [ -e {p} ]; then cat -- {p}; else exit {ABSENT_RC}; fi")
+    format!(
+        "if [ -e {p} ]; then exec cat -- {p}; fi; \
+         out=$(LC_ALL=C stat -L -- {p} 2>&1); case \"$out\" in *'No such file'*|*'Not a directory'*) exit {ABSENT_RC};; esac; \
+         echo \"$out\" >&2; exit 1"
+    )
 }
 
 pub fn parse_read(path: &str, out: ExecOutput) -> Result<Option<Vec<u8>>, TransportError> {
@@ -176,6 +182,27 @@ pub fn write_script(path: &str, attrs: &FileAttrs) -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_path_we_cannot_look_into_is_an_error_not_absent() {
+        use std::process::Command;
+        let run = |script: String| Command::new("sh").arg("-c").arg(script).output().unwrap();
+        let missing = run(stat_script("/nonexistent/dir/file"));
+        assert_eq!(String::from_utf8_lossy(&missing.stdout).trim(), ABSENT);
+        let missing = run(read_script("/nonexistent/file"));
+        assert_eq!(missing.status.code(), Some(ABSENT_RC));
+        let under_file = run(stat_script("/etc/hostname/x"));
+        assert_eq!(String::from_utf8_lossy(&under_file.stdout).trim(), ABSENT);
+        // As an unprivileged user, root's home is closed: stat must fail, not say absent.
+        if Command::new("id").arg("-u").output().unwrap().stdout == b"0\n" {
+            let out = Command::new("su")
+                .args(["nobody", "-s", "/bin/sh", "-c", &stat_script("/root/.bashrc")])
+                .output()
+                .unwrap();
+            assert_ne!(String::from_utf8_lossy(&out.stdout).trim(), ABSENT, "{out:?}");
+            assert_eq!(out.status.code(), Some(3), "{out:?}");
+        }
+    }
 
     #[test]
     fn quoting() {

@@ -405,6 +405,13 @@ impl SshdHost {
         }
     }
 
+    /// The overlay's upper directory of an isolated host: every file written
+    /// on the host lands here, so comparing its listing before and after
+    /// proves that something (a `--check`) wrote nothing.
+    pub fn upper_dir(&self) -> Option<PathBuf> {
+        self.init.map(|_| self.dir.path().join("fs/upper"))
+    }
+
     /// A path on the host as seen from this machine (`/etc/x` → `ROOT/etc/x`).
     pub fn host_path(&self, path: &str) -> PathBuf {
         self.root().join(path.trim_start_matches('/'))

@@ -79,6 +79,9 @@ fn isolated_host_keeps_writes_to_itself() {
     );
     assert_eq!(std::fs::read_to_string(h.host_path(&marker)).unwrap(), "inside\n");
     assert_eq!(h.run_ok(&format!("cat {marker}")).unwrap(), "inside\n");
+    // Every write on the host shows in the overlay's upper layer.
+    let upper = h.upper_dir().unwrap();
+    assert!(upper.join(marker.trim_start_matches('/')).exists());
     // No systemd inside: service steps take the SysV fallback.
     assert!(!h.host_path("/run/systemd/system").exists());
     // Users and sudo rules live in the host only.
