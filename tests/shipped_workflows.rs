@@ -3,8 +3,8 @@
 //! config.toml, the Prometheus targets file and prometheus.yml as the
 //! workflows would; the real `promtool` checks the result; the shell checks
 //! of the monitoring content and of the lab's apt repository run as they
-//! would in CI. (Loading the workflows themselves is checked by
-//! `flowrun validate` once every step kind they use is registered.)
+//! would in CI; and `flowrun validate` loads every shipped workflow against
+//! both shipped inventories.
 
 use flowrun_engine::template::Templates;
 use serde_json::{json, Value};
@@ -203,7 +203,6 @@ fn lab_repository_builds_signs_and_its_stand_ins_work() {
 /// Every shipped workflow loads, type-checks and plans against both shipped
 /// inventories: parameters, host patterns and every template variable.
 #[test]
-#[ignore = "needs the system steps (apt, apt_repo, service, firewall) in the registry: run with --ignored once they are"]
 fn shipped_workflows_validate_against_both_inventories() {
     let workflows = [
         "gitlab-runner-host",
