@@ -450,3 +450,40 @@ fn a_canary_secret_never_leaks() {
         );
     }
 }
+
+#[test]
+fn template_with_literal_parameters_still_sees_variables_and_changed_when_decides() {
+    let sb = Sandbox::new();
+    sb.write("t.hbs", "app={{app}} host={{host.name}}\n");
+    sb.write(
+        "wf.yml",
+        r#"
+        vars: { app: demo }
+        steps:
+          - id: render
+            uses: template
+            with: { src: t.hbs, dest: $DIR/out.conf }
+          - id: probe
+            uses: command
+            with: { argv: [echo, read-only] }
+            changed_when: false
+          - id: maybe
+            uses: command
+            with: { shell: "echo {{default what ''}}" }
+            changed_when: "{{ne outputs.stdout ''}}"
+        "#,
+    );
+    let r = sb.run(&["run", "wf.yml"], 0);
+    assert_eq!(sb.read("out.conf"), "app=demo host=localhost\n");
+    r.stdout_has("ok: [localhost] probe")
+        .stdout_has("ok: [localhost] maybe");
+    sb.run(&["run", "wf.yml", "-e", "what=x"], 0)
+        .stdout_has("changed: [localhost] maybe");
+    // `outputs` exists only in `changed_when` and `retry.until`.
+    sb.write(
+        "bad.yml",
+        "steps:\n  - id: a\n    uses: command\n    with: { argv: [echo, \"{{outputs.rc}}\"] }\n",
+    );
+    sb.run(&["validate", "bad.yml"], 2)
+        .stderr_has("undefined variable `outputs`");
+}

@@ -429,6 +429,10 @@ fn tag_selected(step: &StepDef, opts: &RunOptions) -> bool {
 /// Variables for an instance: the host's base, `steps` from its ancestors, and `item`.
 fn instance_vars(ctx: &Ctx, step: usize, host: &str, all_steps: bool) -> Value {
     let mut v = ctx.host_base.get(host).map(|b| (**b).clone()).unwrap_or_default();
+    // `host.address` as it is now: a step may have filled it in during the run.
+    if let Some(h) = ctx.plan.hosts.get(host) {
+        v.insert("host".into(), h.template_value());
+    }
     let st = ctx.state();
     let mut steps = Map::new();
     let visible: Vec<usize> = if all_steps {
@@ -555,11 +559,8 @@ async fn run_node(ctx: &Arc<Ctx>, node: usize) -> NodeStatus {
             .iter()
             .any(|&d| st.status[d] == Some(NodeStatus::Changed))
     };
-    let vars = if ctx.needs_render[pn.step] {
-        instance_vars(ctx, pn.step, &pn.host.name, false)
-    } else {
-        Value::Null
-    };
+    // Always: a step may render files with these variables even when its parameters have no template.
+    let vars = instance_vars(ctx, pn.step, &pn.host.name, false);
     let items = match &step.for_each {
         None => None,
         Some(spec) => match expand_items(ctx, step, spec, &vars) {
@@ -979,24 +980,9 @@ async fn run_instance(
     }
     let journal_outputs = if fingerprint_matches { previous.clone() } else { None };
     ctx.env.sink.started(&step.id, &host.name, ishow.as_deref());
-    let transport = match ctx.env.pool.get(&host).await {
-        Ok(t) => t,
-        Err(e) => {
-            ctx.state().dead_hosts.insert(host.name.clone());
-            emit(
-                &ctx,
-                step,
-                &host.name,
-                ishow,
-                Status::Unreachable,
-                false,
-                t0.elapsed(),
-                Some(e.to_string()),
-                None,
-            );
-            return InstanceOutcome::of(NodeStatus::Unreachable);
-        }
-    };
+    // Connected on first use: an API step that runs "on" a host never opens SSH to it.
+    let transport: Arc<dyn crate::transport::Transport> =
+        Arc::new(crate::pool::LazyTransport::new(ctx.env.pool.clone(), host.clone()));
     let cx = StepContext {
         host: host.clone(),
         transport,
@@ -1155,6 +1141,10 @@ async fn attempt(
             }),
             None => once.await,
         };
+        let r = match r {
+            Ok(done) => changed_when(ctx, step, vars, done),
+            Err(e) => Err(e),
+        };
         match r {
             Ok(done) => {
                 let Some(until) = step.retry.as_ref().and_then(|r| r.until.as_ref()) else {
@@ -1192,6 +1182,23 @@ async fn attempt(
         }
     }
     Err(last_err.unwrap_or_else(|| StepError::failed("no attempt was made")))
+}
+
+/// `changed_when`: after a real run (not `--check`), whether it counts as a change.
+fn changed_when(ctx: &Ctx, step: &StepDef, vars: &Value, mut done: Done) -> Result<Done, StepError> {
+    let (Some(cond), false, true) = (&step.changed_when, ctx.opts.check, done.changed) else {
+        return Ok(done);
+    };
+    let mut v = vars.clone();
+    if let Value::Object(m) = &mut v {
+        m.insert("outputs".into(), Value::Object(done.outputs.clone()));
+    }
+    let c = ctx
+        .templates
+        .render_value(&format!("`changed_when` of step `{}`", step.id), cond, &v)
+        .map_err(|e| StepError::failed(e.message))?;
+    done.changed = truthy(&c);
+    Ok(done)
 }
 
 /// Handlers: once per host, in definition order, for what was notified in this
@@ -1297,7 +1304,8 @@ async fn handler_once(ctx: &Ctx, h: &StepDef, host: &Arc<Host>, vars: &Value) ->
         };
         h.kind.build(&params, &bcx)?
     };
-    let transport = ctx.env.pool.get(host).await?;
+    let transport: Arc<dyn crate::transport::Transport> =
+        Arc::new(crate::pool::LazyTransport::new(ctx.env.pool.clone(), host.clone()));
     let cx = StepContext {
         host: host.clone(),
         transport,

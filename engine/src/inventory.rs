@@ -25,6 +25,8 @@ pub struct HostEntry {
     pub vars: Map<String, Value>,
     pub conn: ConnSpec,
     pub address: Option<String>,
+    /// Connection keys set on the host itself (they win over group vars).
+    pub explicit: Vec<String>,
 }
 
 /// A loaded inventory.
@@ -141,6 +143,7 @@ impl Inventory {
             match k.name.as_str() {
                 "vars" => {
                     if let Some(m) = vars_map(src, v, errs) {
+                        check_group_conn_vars(src, &m, errs);
                         self.groups[&name]
                             .vars
                             .extend(m.into_iter().map(|(k, v)| (k.name, v.to_json())));
@@ -207,6 +210,7 @@ impl Inventory {
         for g in groups {
             if let Some((src, node)) = read_var_file(&dir.join("group_vars"), &g, errs) {
                 if let Some(m) = vars_map(&src, &node, errs) {
+                    check_group_conn_vars(&src, &m, errs);
                     self.groups[&g]
                         .vars
                         .extend(m.into_iter().map(|(k, v)| (k.name, v.to_json())));
@@ -395,8 +399,15 @@ impl Inventory {
         for (name, entry) in &self.hosts {
             let groups = self.groups_of(name);
             let mut vars = Map::new();
+            let mut entry = entry.clone();
             for g in &groups {
                 if let Some(group) = self.groups.get(g) {
+                    for (k, v) in &group.vars {
+                        if CONN_KEYS.contains(&k.as_str()) && !entry.explicit.iter().any(|e| e == canonical(k)) {
+                            // Checked when the group was loaded.
+                            let _ = apply_conn(&mut entry, k, v);
+                        }
+                    }
                     vars.extend(group.vars.clone());
                 }
             }
@@ -609,45 +620,89 @@ fn apply_host_vars(
     errs: &mut Diagnostics,
 ) {
     for (k, v) in vars {
-        let text = v.scalar_text();
-        let bad = |what: &str| Diagnostic::at(src, v.pos, format!("`{}` must be {what}", k.name));
-        match k.name.as_str() {
-            "address" | "ansible_host" => entry.address = text,
-            "port" | "ansible_port" => match text.as_deref().map(str::parse::<u16>) {
-                Some(Ok(p)) => entry.conn.port = Some(p),
-                _ => errs.push(bad("a port number")),
-            },
-            "user" | "ansible_user" => entry.conn.user = text,
-            "identity_file" | "ansible_ssh_private_key_file" => {
-                entry.conn.identity_file = text.map(|t| crate::paths::expand_home(&t))
-            }
-            "known_hosts_file" => entry.conn.known_hosts_file = text.map(|t| crate::paths::expand_home(&t)),
-            "ssh_config_file" => entry.conn.ssh_config_file = text.map(|t| crate::paths::expand_home(&t)),
-            "host_key_policy" => match text.as_deref() {
-                Some("strict") => entry.conn.host_key_policy = HostKeyPolicy::Strict,
-                Some("accept-new") => entry.conn.host_key_policy = HostKeyPolicy::AcceptNew,
-                _ => errs.push(bad("`strict` or `accept-new`")),
-            },
-            "ssh_args" => match &v.value {
-                YValue::Seq(items) => entry.conn.ssh_args = items.iter().filter_map(Yaml::scalar_text).collect(),
-                YValue::Str(s) => entry.conn.ssh_args = s.split_whitespace().map(str::to_owned).collect(),
-                _ => errs.push(bad("a list of ssh arguments")),
-            },
-            "become" | "ansible_become" => match v.value {
-                YValue::Bool(b) => entry.conn.become_ = b,
-                _ => errs.push(bad("a boolean")),
-            },
-            "become_user" | "ansible_become_user" => entry.conn.become_user = text,
-            "connection" | "ansible_connection" => match text.as_deref() {
-                Some("ssh") => entry.conn.connection = Connection::Ssh,
-                Some("local") => entry.conn.connection = Connection::Local,
-                _ => errs.push(bad("`ssh` or `local`")),
-            },
-            _ => {
+        match apply_conn(entry, &k.name, &v.to_json()) {
+            Ok(true) => entry.explicit.push(canonical(&k.name).to_owned()),
+            Ok(false) => {
                 entry.vars.insert(k.name.clone(), v.to_json());
             }
+            Err(what) => errs.push(Diagnostic::at(src, v.pos, format!("`{}` must be {what}", k.name))),
         }
     }
+}
+
+/// Connection keys in group vars apply to the group's hosts (as in Ansible),
+/// unless a host sets the key itself. Checked here, with positions.
+fn check_group_conn_vars(src: &Arc<Source>, vars: &[(Key, Yaml)], errs: &mut Diagnostics) {
+    let mut scratch = HostEntry::default();
+    for (k, v) in vars {
+        if let Err(what) = apply_conn(&mut scratch, &k.name, &v.to_json()) {
+            errs.push(Diagnostic::at(src, v.pos, format!("`{}` must be {what}", k.name)));
+        }
+    }
+}
+
+/// A connection key without its Ansible alias.
+fn canonical(key: &str) -> &str {
+    match key {
+        "ansible_host" => "address",
+        "ansible_port" => "port",
+        "ansible_user" => "user",
+        "ansible_ssh_private_key_file" => "identity_file",
+        "ansible_connection" => "connection",
+        "ansible_become" => "become",
+        "ansible_become_user" => "become_user",
+        other => other,
+    }
+}
+
+fn json_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Apply a connection key; `Ok(false)` when `key` is an ordinary variable,
+/// `Err(expected)` when its value is of the wrong kind.
+fn apply_conn(entry: &mut HostEntry, key: &str, v: &Value) -> Result<bool, &'static str> {
+    let text = json_text(v);
+    match key {
+        "address" | "ansible_host" => entry.address = text,
+        "port" | "ansible_port" => match text.as_deref().map(str::parse::<u16>) {
+            Some(Ok(p)) => entry.conn.port = Some(p),
+            _ => return Err("a port number"),
+        },
+        "user" | "ansible_user" => entry.conn.user = text,
+        "identity_file" | "ansible_ssh_private_key_file" => {
+            entry.conn.identity_file = text.map(|t| crate::paths::expand_home(&t));
+        }
+        "known_hosts_file" => entry.conn.known_hosts_file = text.map(|t| crate::paths::expand_home(&t)),
+        "ssh_config_file" => entry.conn.ssh_config_file = text.map(|t| crate::paths::expand_home(&t)),
+        "host_key_policy" => match text.as_deref() {
+            Some("strict") => entry.conn.host_key_policy = HostKeyPolicy::Strict,
+            Some("accept-new") => entry.conn.host_key_policy = HostKeyPolicy::AcceptNew,
+            _ => return Err("`strict` or `accept-new`"),
+        },
+        "ssh_args" => match v {
+            Value::Array(items) => entry.conn.ssh_args = items.iter().filter_map(json_text).collect(),
+            Value::String(s) => entry.conn.ssh_args = s.split_whitespace().map(str::to_owned).collect(),
+            _ => return Err("a list of ssh arguments"),
+        },
+        "become" | "ansible_become" => match v {
+            Value::Bool(b) => entry.conn.become_ = *b,
+            _ => return Err("a boolean"),
+        },
+        "become_user" | "ansible_become_user" => entry.conn.become_user = text,
+        "connection" | "ansible_connection" => match text.as_deref() {
+            Some("ssh") => entry.conn.connection = Connection::Ssh,
+            Some("local") => entry.conn.connection = Connection::Local,
+            _ => return Err("`ssh` or `local`"),
+        },
+        _ => return Ok(false),
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -701,6 +756,16 @@ mod tests {
             e.contains(":2:4") && e.contains("`ansible_port` must be a port number"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn connection_keys_in_group_vars_apply_unless_the_host_sets_them() {
+        let i = inv("all:\n  vars: { ansible_user: deploy, port: 2200 }\n  children:\n    g:\n      vars: { host_key_policy: accept-new }\n      hosts:\n        a: {}\n        b: { port: 22, user: root }\n");
+        let t = i.host_table();
+        let (a, b) = (t.get("a").unwrap(), t.get("b").unwrap());
+        assert_eq!((a.conn.user.as_deref(), a.conn.port), (Some("deploy"), Some(2200)));
+        assert_eq!(a.conn.host_key_policy, HostKeyPolicy::AcceptNew);
+        assert_eq!((b.conn.user.as_deref(), b.conn.port), (Some("root"), Some(22)));
     }
 
     #[test]

@@ -48,6 +48,7 @@ const STEP_KEYS: &[&str] = &[
     "become",
     "become_user",
     "ignore_errors",
+    "changed_when",
 ];
 const HANDLER_KEYS: &[&str] = &[
     "id",
@@ -60,6 +61,7 @@ const HANDLER_KEYS: &[&str] = &[
     "become",
     "become_user",
     "ignore_errors",
+    "changed_when",
 ];
 const RETRY_KEYS: &[&str] = &["attempts", "delay", "backoff", "until"];
 /// Names always defined in templates.
@@ -554,6 +556,10 @@ fn parse_step(
     };
     let become_ = bool_key("become", errs);
     let ignore_errors = bool_key("ignore_errors", errs).unwrap_or(false);
+    let changed_when = node.get("changed_when").and_then(|v| match &v.value {
+        YValue::Bool(b) => Some(b.to_string()),
+        _ => expect_str(src, v, "changed_when", errs),
+    });
     let become_user = node
         .get("become_user")
         .and_then(|v| expect_str(src, v, "become_user", errs));
@@ -609,6 +615,7 @@ fn parse_step(
         become_,
         become_user,
         ignore_errors,
+        changed_when,
         dir: src.path.parent().unwrap_or(Path::new(".")).to_path_buf(),
         file: src.path.clone(),
         pos: node.get("id").map_or(node.pos, |v| v.pos),
@@ -1049,6 +1056,11 @@ fn check_templates(def: &StepDef, src: &Source, node: &Yaml, known: &KnownVars, 
     }
     if let Some(v) = node.get("hosts") {
         check(v, "`hosts`", &[]);
+    }
+    if let Some(cw) = node.get("changed_when") {
+        let mut extra = vec!["outputs"];
+        extra.extend_from_slice(item);
+        check(cw, "`changed_when`", &extra);
     }
     if let Some(until) = node.get("retry").and_then(|r| r.get("until")) {
         let mut extra = vec!["outputs"];

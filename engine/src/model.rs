@@ -77,6 +77,8 @@ pub struct StepDef {
     pub become_: Option<bool>,
     pub become_user: Option<String>,
     pub ignore_errors: bool,
+    /// A condition (with `outputs` in scope) deciding whether a run that happened counts as a change.
+    pub changed_when: Option<String>,
     /// Directory of the file that defined the step (`src` paths are relative to it).
     pub dir: PathBuf,
     pub file: PathBuf,

@@ -4,7 +4,7 @@
 
 use crate::host::Host;
 use crate::transport::local::LocalTransport;
-use crate::transport::{Transport, TransportError};
+use crate::transport::{Become, ExecOutput, ExecRequest, FileAttrs, FileStat, Transport, TransportError};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -91,5 +91,55 @@ impl Pool {
                 t.close().await;
             }
         }
+    }
+}
+
+/// A host's transport, connected on first use through the pool. Steps that
+/// never touch the host (API calls made "for" it) never connect.
+pub struct LazyTransport {
+    pool: Arc<Pool>,
+    host: Arc<Host>,
+}
+
+impl LazyTransport {
+    pub fn new(pool: Arc<Pool>, host: Arc<Host>) -> Self {
+        Self { pool, host }
+    }
+
+    async fn get(&self) -> Result<Arc<dyn Transport>, TransportError> {
+        self.pool.get(&self.host).await
+    }
+}
+
+#[async_trait]
+impl Transport for LazyTransport {
+    fn kind(&self) -> &'static str {
+        if self.host.is_local() {
+            "local"
+        } else {
+            "ssh"
+        }
+    }
+
+    async fn exec(&self, req: ExecRequest) -> Result<ExecOutput, TransportError> {
+        self.get().await?.exec(req).await
+    }
+
+    async fn stat(&self, path: &str, become_: Option<&Become>) -> Result<Option<FileStat>, TransportError> {
+        self.get().await?.stat(path, become_).await
+    }
+
+    async fn read_file(&self, path: &str, become_: Option<&Become>) -> Result<Option<Vec<u8>>, TransportError> {
+        self.get().await?.read_file(path, become_).await
+    }
+
+    async fn write_file(
+        &self,
+        path: &str,
+        content: &[u8],
+        attrs: &FileAttrs,
+        become_: Option<&Become>,
+    ) -> Result<(), TransportError> {
+        self.get().await?.write_file(path, content, attrs, become_).await
     }
 }

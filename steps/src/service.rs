@@ -20,6 +20,9 @@ use flowrun_engine::step::{
 use flowrun_engine::transport::quote;
 use serde_json::{Map, Value};
 
+/// How long a started daemon must stay up to count as started.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct ServiceKind;
 
 const STATES: &[&str] = &["started", "stopped", "restarted", "reloaded"];
@@ -318,12 +321,18 @@ impl Step for ServiceStep {
         if !plan.is_empty() {
             self.run(cx, &seen, &plan).await?;
         }
-        let after = self.probe(cx).await?;
+        let mut after = self.probe(cx).await?;
         let should_run = match self.state {
             Some(Want::Started | Want::Restarted | Want::Reloaded) => Some(true),
             Some(Want::Stopped) => Some(false),
             None => None,
         };
+        // A daemon that dies right after its start script returned is not started:
+        // look again after it had a moment to fail.
+        if should_run == Some(true) && after.running && plan.action.is_some() {
+            tokio::time::sleep(SETTLE).await;
+            after = self.probe(cx).await?;
+        }
         if let Some(want) = should_run {
             if after.running != want {
                 return Err(StepError::failed(format!(
