@@ -38,6 +38,8 @@ pub trait VmBackend: Send + Sync {
     fn start(&self, vmid: u32, name: &str) -> Result<Ipv4Addr, String>;
     /// The VM was stopped (or shut down).
     fn stop(&self, vmid: u32);
+    /// The VM was destroyed (with its disks): a later VM with the same id is a new machine.
+    fn destroy(&self, _vmid: u32) {}
 }
 
 /// Hands out `127.0.0.10`, `127.0.0.11`, ... (one per VM id, stable) and runs nothing.

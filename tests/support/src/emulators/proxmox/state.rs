@@ -203,6 +203,7 @@ impl Cluster {
             }
             Effect::Destroy(id) => {
                 self.vms.remove(id);
+                self.backend.destroy(*id);
             }
             Effect::None => {}
         }

@@ -80,6 +80,13 @@ impl VmBackend for SshdVmBackend {
             extra_config: self.extra_config(ip),
         };
         let host = SshdHost::start(opts).map_err(|e| format!("vm {vmid} did not boot: {e}"))?;
+        if self.isolation != Isolation::None {
+            // The "VM image": apt knows no remote repository, only what a workflow adds.
+            host.run_ok(
+                "rm -f /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; : > /etc/apt/sources.list",
+            )
+            .map_err(|e| format!("vm {vmid}: cannot prepare its apt sources: {e}"))?;
+        }
         let keys = host.dir().join("authorized_keys");
         let mut text = std::fs::read_to_string(&keys).unwrap_or_default();
         text.push_str(&self.authorized_key);

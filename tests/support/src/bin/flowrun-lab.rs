@@ -1,0 +1,153 @@
+//! `flowrun-lab`: the local lab for the shipped GitLab runner workflows.
+//!
+//!   flowrun-lab demo [--runners N] [--dir DIR]   bring the lab up, provision the runners,
+//!                                                provision again (changed=0), validate, stop
+//!   flowrun-lab up [--runners N] [--dir DIR]     bring the lab up and keep it until Ctrl-C
+//!
+//! It needs root (private mount namespaces and overlays for the lab VMs) and
+//! the `flowrun` binary beside it (or `FLOWRUN_BIN`).
+
+use flowrun_lab::lab::{Lab, LabOptions, WHAT_IS_EMULATED};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+struct Args {
+    command: String,
+    runners: usize,
+    dir: PathBuf,
+}
+
+fn usage() -> ExitCode {
+    eprintln!("usage: flowrun-lab demo|up [--runners N] [--dir DIR]");
+    ExitCode::from(2)
+}
+
+fn parse() -> Option<Args> {
+    let mut it = std::env::args().skip(1);
+    let command = it.next()?;
+    let mut a = Args {
+        command,
+        runners: 1,
+        dir: flowrun_engine::paths::state_dir().join("lab"),
+    };
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--runners" => a.runners = it.next()?.parse().ok().filter(|n| (1..=20).contains(n))?,
+            "--dir" => a.dir = PathBuf::from(it.next()?),
+            _ => return None,
+        }
+    }
+    matches!(a.command.as_str(), "demo" | "up").then_some(a)
+}
+
+fn flowrun_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("FLOWRUN_BIN") {
+        return PathBuf::from(p);
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("flowrun")));
+    beside
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("flowrun"))
+}
+
+fn project_dir() -> PathBuf {
+    // The checkout this binary was built from; the current directory as a fallback.
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    if built.join("workflows").is_dir() {
+        built
+    } else {
+        PathBuf::from(".")
+    }
+}
+
+fn main() -> ExitCode {
+    let Some(args) = parse() else { return usage() };
+    println!("{WHAT_IS_EMULATED}\n");
+    let t0 = Instant::now();
+    let project = project_dir();
+    let lab = match Lab::start(&LabOptions {
+        dir: args.dir.clone(),
+        runners: args.runners,
+        project: project.clone(),
+    }) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: the lab did not start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    println!(
+        "lab up in {:.1} s: Proxmox emulator {}, GitLab emulator {}, {} runner VM(s) to create, state in {}",
+        t0.elapsed().as_secs_f64(),
+        lab.proxmox.url(),
+        lab.gitlab.url(),
+        lab.runners.len(),
+        lab.dir.display()
+    );
+    let bin = flowrun_bin();
+    let wf = |name: &str| {
+        project
+            .join("workflows")
+            .join(format!("{name}.yml"))
+            .display()
+            .to_string()
+    };
+    if args.command == "up" {
+        println!("\nin another shell:\n  . {}/env", lab.dir.display());
+        println!(
+            "  {} run {} -i {}",
+            bin.display(),
+            wf("provision-gitlab-runner"),
+            lab.inventory().display()
+        );
+        println!(
+            "  {} run {} -i {} --junit validate.xml",
+            bin.display(),
+            wf("validate-gitlab-runner"),
+            lab.inventory().display()
+        );
+        println!("\nCtrl-C stops the lab.");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let _ = lab.block_on(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            tx.send(())
+        });
+        let _ = rx.recv();
+        return ExitCode::SUCCESS;
+    }
+    let mut ok = true;
+    let mut step = |title: &str, args: &[&str], before: &dyn Fn()| {
+        before();
+        println!("\n== {title}: flowrun {}", args.join(" "));
+        let t = Instant::now();
+        let status = lab.flowrun(&bin, args).status();
+        let code = status.map(|s| s.code().unwrap_or(1)).unwrap_or(1);
+        println!("== {title}: exit {code} in {:.1} s", t.elapsed().as_secs_f64());
+        ok &= code == 0;
+    };
+    let provision = wf("provision-gitlab-runner");
+    let validate = wf("validate-gitlab-runner");
+    let junit = lab.dir.join("validate.xml").display().to_string();
+    step("provision", &["run", &provision], &|| {});
+    step("provision again (the journal: changed=0)", &["run", &provision], &|| {});
+    step("validate", &["run", &validate, "--junit", &junit], &|| {
+        let _ = lab.write_runner_addresses();
+    });
+    println!(
+        "\nGitLab emulator: {} runner(s) registered; JUnit report: {junit}\n{}",
+        lab.gitlab.runners().len(),
+        if ok {
+            "lab demo: everything passed"
+        } else {
+            "lab demo: something failed (see above)"
+        }
+    );
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
