@@ -5,5 +5,6 @@ mod api;
 mod core;
 mod errors;
 mod harness;
+mod lifecycle;
 mod shipped_workflows;
 mod ssh;

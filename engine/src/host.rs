@@ -49,6 +49,9 @@ pub struct Host {
     pub vars: Map<String, Value>,
     pub conn: ConnSpec,
     address: RwLock<Option<String>>,
+    /// Which machine answers at this name: set by a step that created it (a VM's
+    /// generation id), so a re-created machine is a new host to the journal.
+    instance: RwLock<Option<String>>,
 }
 
 impl Host {
@@ -65,6 +68,7 @@ impl Host {
             vars,
             conn,
             address: RwLock::new(address),
+            instance: RwLock::new(None),
         }
     }
 
@@ -99,19 +103,36 @@ impl Host {
         *self.address.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(address.to_owned());
     }
 
+    pub fn set_instance(&self, instance: &str) {
+        *self.instance.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(instance.to_owned());
+    }
+
+    pub fn instance(&self) -> Option<String> {
+        self.instance
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     pub fn is_local(&self) -> bool {
         self.conn.connection == Connection::Local
     }
 
-    /// What identifies the target for fingerprints: where and as whom we connect.
+    /// What identifies the target for fingerprints: where and as whom we
+    /// connect, and which machine it is when a step said so.
     pub fn identity(&self) -> String {
-        format!(
+        let mut id = format!(
             "{}|{}|{}|{}",
             self.name,
             self.address(),
             self.conn.port.unwrap_or(22),
             self.conn.user.as_deref().unwrap_or("")
-        )
+        );
+        if let Some(instance) = self.instance() {
+            id.push('|');
+            id.push_str(&instance);
+        }
+        id
     }
 
     /// `host` as templates see it.
@@ -135,6 +156,17 @@ pub struct HostTable {
 impl HostTable {
     pub fn get(&self, name: &str) -> Option<&Arc<Host>> {
         self.hosts.get(name)
+    }
+
+    /// Say which machine answers for `name` (see [`Host::identity`]).
+    pub fn set_instance(&self, name: &str, instance: &str) -> Result<(), String> {
+        match self.hosts.get(name) {
+            Some(h) => {
+                h.set_instance(instance);
+                Ok(())
+            }
+            None => Err(format!("no host `{name}` in the inventory")),
+        }
     }
 
     pub fn set_address(&self, name: &str, address: &str) -> Result<(), String> {

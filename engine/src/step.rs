@@ -388,6 +388,12 @@ impl StepContext {
         self.hosts.set_address(host, address).map_err(StepError::failed)
     }
 
+    /// Say which machine `host` is (e.g. a VM's generation id): a re-created
+    /// machine then counts as a new host, and the journal skips nothing of the old one.
+    pub fn set_host_instance(&self, host: &str, instance: &str) -> Result<(), StepError> {
+        self.hosts.set_instance(host, instance).map_err(StepError::failed)
+    }
+
     /// Register a value (e.g. a token an API returned) as a secret from now on.
     pub fn add_secret(&self, value: &str) {
         self.masker.add(value);

@@ -93,7 +93,7 @@ static INFO: KindInfo = KindInfo {
         ),
     ],
     one_of: &[],
-    outputs: &["vmid", "node", "ip", "status"],
+    outputs: &["vmid", "node", "ip", "status", "vmgenid"],
     secret_outputs: &[],
     journal: true,
 };
@@ -159,6 +159,7 @@ impl StepKind for ProxmoxVmKind {
             task_timeout: p.opt_duration("task_timeout")?.unwrap_or(Duration::from_secs(600)),
             inventory_host: p.opt_str("inventory_host")?,
             client: OnceLock::new(),
+            vmgenid: std::sync::Mutex::new(None),
         }))
     }
 }
@@ -181,6 +182,8 @@ pub struct ProxmoxVm {
     task_timeout: Duration,
     inventory_host: Option<String>,
     client: OnceLock<ApiClient>,
+    /// The generation id of the VM whose address was published (which machine it is).
+    vmgenid: std::sync::Mutex<Option<String>>,
 }
 
 /// The VM as found, or not.
@@ -364,13 +367,40 @@ impl ProxmoxVm {
         o.insert("node".into(), json!(node));
         o.insert("ip".into(), ip.map_or(Value::Null, Value::String));
         o.insert("status".into(), json!(status));
+        let genid = self
+            .vmgenid
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        o.insert("vmgenid".into(), genid.map_or(Value::Null, Value::String));
         o
     }
 
-    fn publish_ip(&self, cx: &StepContext, ip: &str) -> Result<(), StepError> {
+    /// The VM's address fills its inventory host, and its generation id says
+    /// which machine it is (a re-created VM at the same address is a new host).
+    async fn publish_ip(
+        &self,
+        cx: &StepContext,
+        pve: &Pve<'_>,
+        node: &str,
+        vmid: u32,
+        ip: &str,
+    ) -> Result<(), StepError> {
+        let config = pve.config(node, vmid).await?;
+        let genid = config.get("vmgenid").and_then(Value::as_str).map_or_else(
+            || {
+                format!(
+                    "{node}/{vmid}/{}",
+                    config.get("meta").and_then(Value::as_str).unwrap_or("")
+                )
+            },
+            str::to_owned,
+        );
         if let Some(host) = &self.inventory_host {
             cx.set_host_address(host, ip)?;
+            cx.set_host_instance(host, &genid)?;
         }
+        *self.vmgenid.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(genid);
         Ok(())
     }
 }
@@ -381,6 +411,9 @@ impl Step for ProxmoxVm {
     fn restored(&self, outputs: &Outputs, hosts: &flowrun_engine::host::HostTable) {
         if let (Some(host), Some(ip)) = (&self.inventory_host, outputs.get("ip").and_then(Value::as_str)) {
             let _ = hosts.set_address(host, ip);
+            if let Some(genid) = outputs.get("vmgenid").and_then(Value::as_str) {
+                let _ = hosts.set_instance(host, genid);
+            }
         }
     }
 
@@ -398,7 +431,7 @@ impl Step for ProxmoxVm {
             if let Some(vmid) = vmid {
                 ip = pve.agent_ip(&node, vmid).await.ok().flatten().map(|ip| ip.to_string());
                 match &ip {
-                    Some(ip) => self.publish_ip(cx, ip)?,
+                    Some(ip) => self.publish_ip(cx, &pve, &node, vmid, ip).await?,
                     None if self.state == "started" => actions.push(Action::WaitIp),
                     None => {}
                 }
@@ -499,7 +532,7 @@ impl Step for ProxmoxVm {
                 }
                 Action::WaitIp => {
                     let addr = pve.wait_ip(&node, vmid, self.wait_ip_timeout).await?.to_string();
-                    self.publish_ip(cx, &addr)?;
+                    self.publish_ip(cx, &pve, &node, vmid, &addr).await?;
                     ip = Some(addr);
                 }
             }
@@ -513,7 +546,7 @@ impl Step for ProxmoxVm {
                 _ => None,
             };
             if let Some(addr) = addr {
-                self.publish_ip(cx, &addr.to_string())?;
+                self.publish_ip(cx, &pve, &node, vmid, &addr.to_string()).await?;
                 ip = Some(addr.to_string());
             }
         }

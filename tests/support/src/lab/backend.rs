@@ -106,4 +106,14 @@ impl VmBackend for SshdVmBackend {
             h.kill();
         }
     }
+
+    fn destroy(&self, vmid: u32) {
+        // Dropping the host kills it and removes its directory: keys, overlay, everything.
+        let gone = self
+            .vms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&vmid);
+        drop(gone);
+    }
 }

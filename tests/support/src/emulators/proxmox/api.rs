@@ -381,6 +381,12 @@ fn clone(c: &mut Cluster, node: &str, vmid: u32, p: &Params, user: &str) -> Repl
     if let Some(d) = p.str("description") {
         config.insert("description".into(), json!(d));
     }
+    // As Proxmox does: a clone is a new machine, with a new generation id and creation time.
+    config.insert("vmgenid".into(), json!(super::new_uuid()));
+    let ctime = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    config.insert("meta".into(), json!(format!("creation-qemu=8.1.5,ctime={ctime}")));
     c.vms.insert(
         newid,
         Vm {

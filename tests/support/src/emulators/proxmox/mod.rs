@@ -297,3 +297,24 @@ fn template(vmid: u32, node: &str, name: &str) -> Vm {
         lock: None,
     }
 }
+
+/// A random UUID (version 4 layout), for generation ids.
+pub(crate) fn new_uuid() -> String {
+    let mut b = [0u8; 16];
+    for chunk in b.chunks_mut(8) {
+        let n = std::collections::hash_map::RandomState::new();
+        let v = std::hash::BuildHasher::hash_one(&n, std::time::Instant::now());
+        chunk.copy_from_slice(&v.to_le_bytes()[..chunk.len()]);
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
