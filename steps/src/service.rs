@@ -21,7 +21,7 @@ use flowrun_engine::transport::quote;
 use serde_json::{Map, Value};
 
 /// How long a started daemon must stay up to count as started.
-const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(400);
 
 pub struct ServiceKind;
 

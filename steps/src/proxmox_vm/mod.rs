@@ -468,25 +468,37 @@ impl Step for ProxmoxVm {
             let qemu = |id: u32| format!("/nodes/{}/qemu/{id}", segment(&node));
             match action {
                 Action::Clone => {
-                    vmid = match self.vmid {
-                        Some(v) => v,
-                        None => pve.next_id().await?,
-                    };
                     let template = self.template.unwrap_or_default();
                     let src_node = obs.template_node.clone().unwrap_or_else(|| self.node.clone());
-                    let mut form = vec![
-                        ("newid".to_owned(), vmid.to_string()),
-                        ("name".to_owned(), self.name.clone()),
-                        ("full".to_owned(), if self.full { "1" } else { "0" }.to_owned()),
-                    ];
-                    if src_node != self.node {
-                        form.push(("target".into(), self.node.clone()));
-                    }
-                    if let Some(s) = &self.storage {
-                        form.push(("storage".into(), s.clone()));
-                    }
                     let path = format!("/nodes/{}/qemu/{template}/clone", segment(&src_node));
-                    pve.task(Req::post(path).form(form), &line, timeout).await?;
+                    // `/cluster/nextid` only suggests an id: clones made at the same time (by
+                    // this run or anyone) race for it, and the loser is told the config file
+                    // already exists. Take the next free id then, a bounded number of times.
+                    let mut attempt = 0;
+                    loop {
+                        attempt += 1;
+                        vmid = match self.vmid {
+                            Some(v) => v,
+                            None => pve.next_id().await?,
+                        };
+                        let mut form = vec![
+                            ("newid".to_owned(), vmid.to_string()),
+                            ("name".to_owned(), self.name.clone()),
+                            ("full".to_owned(), if self.full { "1" } else { "0" }.to_owned()),
+                        ];
+                        if src_node != self.node {
+                            form.push(("target".into(), self.node.clone()));
+                        }
+                        if let Some(s) = &self.storage {
+                            form.push(("storage".into(), s.clone()));
+                        }
+                        match pve.task(Req::post(path.clone()).form(form), &line, timeout).await {
+                            Err(e) if self.vmid.is_none() && attempt < 10 && e.message.contains("already exists") => {
+                                tracing::info!("vm id {vmid} was taken by a concurrent clone; taking the next one");
+                            }
+                            r => break r?,
+                        }
+                    }
                     node.clone_from(&self.node);
                 }
                 Action::Configure(planned) => {

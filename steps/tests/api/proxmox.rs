@@ -272,3 +272,58 @@ async fn a_given_vmid_is_used() {
     assert!(!pve.vm(321).unwrap().running);
     in_sync(&*step, &cx).await;
 }
+
+#[tokio::test]
+async fn clones_made_at_the_same_time_each_get_their_own_id() {
+    let pve = ProxmoxEmulator::start().await.unwrap();
+    let names = ["runner-a", "runner-b", "runner-c", "runner-d"];
+    let cx = context_with_hosts(&names);
+    // Same moment: every step reads the same `/cluster/nextid` before any clone lands.
+    let runs = names.iter().map(|n| {
+        let step = build(&ProxmoxVmKind, params(&pve, json!({"name": n, "inventory_host": n})));
+        let cx = cx.clone();
+        async move { flowrun_steps::testing::converge(&*step, &cx).await }
+    });
+    let results = futures_join_all(runs).await;
+    let mut ids: Vec<u64> = results
+        .into_iter()
+        .map(|r| r.expect("every clone succeeds").outputs["vmid"].as_u64().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), names.len(), "two VMs share an id");
+    for n in names {
+        let vm = pve.vm_by_name(n).expect("the VM exists");
+        assert_eq!(
+            cx.hosts.get(n).unwrap().instance().as_deref(),
+            vm.config["vmgenid"].as_str(),
+            "the host is that VM"
+        );
+    }
+}
+
+/// Run futures concurrently on this task (no extra dependency for one test).
+async fn futures_join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let handles: Vec<_> = futs.into_iter().map(|f| Box::pin(f)).collect();
+    let mut out = Vec::new();
+    let mut set: Vec<_> = handles.into_iter().map(Some).collect();
+    let mut results: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        for (i, slot) in set.iter_mut().enumerate() {
+            if let Some(f) = slot {
+                if let std::task::Poll::Ready(v) = f.as_mut().poll(cx) {
+                    results[i] = Some(v);
+                    *slot = None;
+                }
+            }
+        }
+        if set.iter().all(Option::is_none) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.extend(results.into_iter().map(|r| r.expect("every future finished")));
+    out
+}

@@ -3,6 +3,8 @@
 //!   flowrun-lab demo [--runners N] [--dir DIR]   bring the lab up, provision the runners,
 //!                                                provision again (changed=0), validate, stop
 //!   flowrun-lab up [--runners N] [--dir DIR]     bring the lab up and keep it until Ctrl-C
+//!   flowrun-lab bench [N...]                     wall times of provision, journaled re-run and
+//!                                                validate with N runner VMs (default 1 and 5)
 //!
 //! It needs root (private mount namespaces and overlays for the lab VMs) and
 //! the `flowrun` binary beside it (or `FLOWRUN_BIN`).
@@ -19,13 +21,20 @@ struct Args {
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: flowrun-lab demo|up [--runners N] [--dir DIR]");
+    eprintln!("usage: flowrun-lab demo|up [--runners N] [--dir DIR] | bench [N...]");
     ExitCode::from(2)
 }
 
 fn parse() -> Option<Args> {
     let mut it = std::env::args().skip(1);
     let command = it.next()?;
+    if command == "bench" {
+        return Some(Args {
+            command,
+            runners: 0,
+            dir: PathBuf::new(),
+        });
+    }
     let mut a = Args {
         command,
         runners: 1,
@@ -63,7 +72,69 @@ fn project_dir() -> PathBuf {
     }
 }
 
+/// Run `flowrun` in the lab; its wall time, and whether it succeeded.
+fn timed(lab: &Lab, args: &[&str]) -> (f64, bool) {
+    let t = Instant::now();
+    let out = lab.flowrun(&flowrun_bin(), args).output();
+    let ok = out.as_ref().is_ok_and(|o| o.status.success());
+    if let (Ok(o), false) = (&out, ok) {
+        eprintln!(
+            "{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    (t.elapsed().as_secs_f64(), ok)
+}
+
+fn bench() -> ExitCode {
+    let counts: Vec<usize> = std::env::args().skip(2).filter_map(|a| a.parse().ok()).collect();
+    let counts = if counts.is_empty() { vec![1, 5] } else { counts };
+    let project = project_dir();
+    let wf = |name: &str| {
+        project
+            .join("workflows")
+            .join(format!("{name}.yml"))
+            .display()
+            .to_string()
+    };
+    let (provision, validate) = (wf("provision-gitlab-runner"), wf("validate-gitlab-runner"));
+    let mut firsts = Vec::new();
+    for n in counts {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let lab = match Lab::start(&LabOptions {
+            dir: dir.path().join("lab"),
+            runners: n,
+            project: project.clone(),
+        }) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: the lab did not start: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let (first, ok1) = timed(&lab, &["run", &provision, "-q"]);
+        let (again, ok2) = timed(&lab, &["run", &provision, "-q"]);
+        let _ = lab.write_runner_addresses();
+        let (check, ok3) = timed(&lab, &["run", &validate, "-q"]);
+        println!(
+            "{n} runner VM(s): provision {first:.1} s, journaled re-run {again:.2} s, validate {check:.1} s{}",
+            if ok1 && ok2 && ok3 { "" } else { "  (a run FAILED)" }
+        );
+        firsts.push((n, first));
+    }
+    if let (Some((1, one)), Some((n, many))) = (firsts.first(), firsts.last()) {
+        if *n > 1 {
+            println!("{n} VMs took {:.2}x the time of one", many / one);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("bench") {
+        return bench();
+    }
     let Some(args) = parse() else { return usage() };
     println!("{WHAT_IS_EMULATED}\n");
     let t0 = Instant::now();
