@@ -66,7 +66,7 @@ fn project_dir() -> PathBuf {
     // The checkout this binary was built from; the current directory as a fallback.
     let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     if built.join("workflows").is_dir() {
-        built
+        built.canonicalize().unwrap_or(built)
     } else {
         PathBuf::from(".")
     }
