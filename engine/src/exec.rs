@@ -513,17 +513,7 @@ async fn run_node(ctx: &Arc<Ctx>, node: usize) -> NodeStatus {
             .then(|| "not run: the run is stopping after a failure (fail_fast / max_fail_percentage)".to_owned())
     });
     if let Some(msg) = blocked {
-        emit(
-            ctx,
-            step,
-            &pn.host.name,
-            None,
-            Status::Skipped,
-            false,
-            Duration::ZERO,
-            Some(msg),
-            None,
-        );
+        emit_skipped(ctx, step, &pn.host.name, msg);
         return NodeStatus::Blocked;
     }
     if !tag_selected(step, &ctx.opts) {
@@ -540,17 +530,7 @@ async fn run_node(ctx: &Arc<Ctx>, node: usize) -> NodeStatus {
                 );
             }
         }
-        emit(
-            ctx,
-            step,
-            &pn.host.name,
-            None,
-            Status::Skipped,
-            false,
-            Duration::ZERO,
-            Some("not selected by --tags/--skip-tags".into()),
-            None,
-        );
+        emit_skipped(ctx, step, &pn.host.name, "not selected by --tags/--skip-tags".into());
         return NodeStatus::Skipped;
     }
     let dep_changed = {
@@ -728,6 +708,21 @@ fn emit(
             diff: diff.map(|d| ctx.env.masker.mask(&d).into_owned()),
             handler: false,
         },
+    );
+}
+
+/// A node that did not run at all (blocked, or not selected).
+fn emit_skipped(ctx: &Ctx, step: &StepDef, host: &str, msg: String) {
+    emit(
+        ctx,
+        step,
+        host,
+        None,
+        Status::Skipped,
+        false,
+        Duration::ZERO,
+        Some(msg),
+        None,
     );
 }
 

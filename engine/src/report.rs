@@ -209,18 +209,16 @@ impl RunReport {
                         );
                     }
                 }
-                Status::Failed => {
+                Status::Failed | Status::Unreachable => {
+                    // JUnit: a failure is a check that failed, an error one that could not run.
+                    let (tag, kind) = if r.status == Status::Failed {
+                        ("failure", "failed")
+                    } else {
+                        ("error", "unreachable")
+                    };
                     let _ = write!(
                         out,
-                        ">\n      <failure message=\"{}\" type=\"failed\">{}</failure>\n    </testcase>\n",
-                        xml(first_line(&msg)),
-                        xml(&msg)
-                    );
-                }
-                Status::Unreachable => {
-                    let _ = write!(
-                        out,
-                        ">\n      <error message=\"{}\" type=\"unreachable\">{}</error>\n    </testcase>\n",
+                        ">\n      <{tag} message=\"{}\" type=\"{kind}\">{}</{tag}>\n    </testcase>\n",
                         xml(first_line(&msg)),
                         xml(&msg)
                     );
