@@ -431,7 +431,10 @@ fn instance_vars(ctx: &Ctx, step: usize, host: &str, all_steps: bool) -> Value {
     let mut v = ctx.host_base.get(host).map(|b| (**b).clone()).unwrap_or_default();
     // `host.address` as it is now: a step may have filled it in during the run.
     if let Some(h) = ctx.plan.hosts.get(host) {
-        v.insert("host".into(), h.template_value());
+        let now = h.address();
+        if v.get("host").and_then(|x| x.get("address")).and_then(Value::as_str) != Some(now.as_str()) {
+            v.insert("host".into(), h.template_value());
+        }
     }
     let st = ctx.state();
     let mut steps = Map::new();
