@@ -53,6 +53,10 @@ pub fn resolve(
                 .map_err(|e| format!("secret `{name}`: its command failed: {e}")),
         };
         match value {
+            // Empty: nothing to mask; the workflow decides whether it needs it.
+            Ok(v) if v.is_empty() => {
+                out.insert(name.clone(), serde_json::Value::String(v));
+            }
             Ok(v) if v.len() < 3 => errs.push(located(
                 &def.file,
                 def.pos,
@@ -220,6 +224,28 @@ mod tests {
         m.add("abcdef");
         assert_eq!(m.mask("x abcdef y abc"), "x **** y ****");
         assert!(m.contains_secret("..abc.."));
+    }
+
+    #[test]
+    fn empty_secrets_are_allowed_short_ones_are_not() {
+        use crate::diag::Pos;
+        use crate::model::{SecretDef, SecretSource};
+        let def = |cmd: &str| SecretDef {
+            name: "t".into(),
+            source: SecretSource::Command(cmd.into()),
+            file: "wf.yml".into(),
+            pos: Pos::new(1, 1),
+        };
+        let m = Masker::default();
+        let one = |cmd: &str| resolve(&[("t".to_owned(), def(cmd))].into_iter().collect(), &m);
+        assert_eq!(one("printf ''").unwrap()["t"], "");
+        assert!(m.is_empty(), "an empty secret masks nothing");
+        assert!(one("printf ab")
+            .unwrap_err()
+            .to_string()
+            .contains("shorter than 3 characters"));
+        assert_eq!(one("printf 's3cret\\n'").unwrap()["t"], "s3cret");
+        assert_eq!(m.mask("x s3cret y"), "x **** y");
     }
 
     #[test]
