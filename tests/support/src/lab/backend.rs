@@ -82,10 +82,8 @@ impl VmBackend for SshdVmBackend {
         let host = SshdHost::start(opts).map_err(|e| format!("vm {vmid} did not boot: {e}"))?;
         if self.isolation != Isolation::None {
             // The "VM image": apt knows no remote repository, only what a workflow adds.
-            host.run_ok(
-                "rm -f /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; : > /etc/apt/sources.list",
-            )
-            .map_err(|e| format!("vm {vmid}: cannot prepare its apt sources: {e}"))?;
+            // Through the VM's root as this machine sees it: no process to start.
+            prepare_apt_sources(&host.root()).map_err(|e| format!("vm {vmid}: cannot prepare its apt sources: {e}"))?;
         }
         let keys = host.dir().join("authorized_keys");
         let mut text = std::fs::read_to_string(&keys).unwrap_or_default();
@@ -116,4 +114,17 @@ impl VmBackend for SshdVmBackend {
             .remove(&vmid);
         drop(gone);
     }
+}
+
+/// Empty `sources.list` and no `sources.list.d` entries under `root`.
+fn prepare_apt_sources(root: &std::path::Path) -> std::io::Result<()> {
+    let apt = root.join("etc/apt");
+    std::fs::write(apt.join("sources.list"), "")?;
+    for e in std::fs::read_dir(apt.join("sources.list.d"))? {
+        let p = e?.path();
+        if matches!(p.extension().and_then(|x| x.to_str()), Some("list" | "sources")) {
+            std::fs::remove_file(p)?;
+        }
+    }
+    Ok(())
 }
