@@ -394,9 +394,16 @@ fn plan_cmd(arg: &str, common: &Common) -> Result<i32, Failure> {
                 .map(|&m| {
                     let h = plan.nodes[m].host.name.clone();
                     match prediction.as_ref().map(|p| p[m]) {
-                        Some(Some(true)) => format!("{h} (journal: skip)"),
-                        Some(Some(false)) => format!("{h} (run)"),
-                        Some(None) => format!("{h} (decided at run time)"),
+                        Some(exec::Prediction::Skip) => format!("{h} (journal: skip)"),
+                        Some(exec::Prediction::Run) => format!("{h} (run)"),
+                        Some(exec::Prediction::WhenFalse) => format!("{h} (skipped: `when` is false)"),
+                        Some(exec::Prediction::Items { skip, total }) if skip == total => {
+                            format!("{h} (journal: skip, {total} items)")
+                        }
+                        Some(exec::Prediction::Items { skip, total }) => {
+                            format!("{h} (journal: skip {skip} of {total} items, run {})", total - skip)
+                        }
+                        Some(exec::Prediction::Unknown) => format!("{h} (decided at run time)"),
                         None => h,
                     }
                 })

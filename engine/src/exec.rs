@@ -1320,9 +1320,48 @@ async fn handler_once(ctx: &Ctx, h: &StepDef, host: &Arc<Host>, vars: &Value) ->
     attempt(ctx, h, built.as_ref(), &cx, vars).await.map(Some)
 }
 
-/// Whether each node would be skipped by the journal, for `flowrun plan`:
-/// `Some(true)` skipped, `Some(false)` runs, `None` unknown until run time
-/// (its parameters depend on outputs of steps that will run).
+/// What the journal would do with a node, for `flowrun plan`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prediction {
+    /// Every instance comes from the journal.
+    Skip,
+    /// It runs (changed parameters, never journaled, `--force`/`--verify`).
+    Run,
+    /// `when` is false.
+    WhenFalse,
+    /// A `for_each` node: how many of its items the journal skips.
+    Items { skip: usize, total: usize },
+    /// Its parameters depend on outputs of steps that will run first.
+    Unknown,
+}
+
+impl Prediction {
+    fn skips_all(self) -> bool {
+        match self {
+            Self::Skip | Self::WhenFalse => true,
+            Self::Items { skip, total } => skip == total,
+            Self::Run | Self::Unknown => false,
+        }
+    }
+}
+
+/// Outputs a record holds (decrypted when needed).
+fn record_outputs(r: &Record, key: &SecretKey) -> Outputs {
+    r.outputs
+        .as_deref()
+        .and_then(|t| serde_json::from_str(t).ok())
+        .or_else(|| {
+            r.outputs_enc
+                .as_ref()
+                .and_then(|e| key.decrypt(e))
+                .and_then(|b| serde_json::from_slice(&b).ok())
+        })
+        .unwrap_or_default()
+}
+
+/// What a run would do with each node, journal-wise, without touching any
+/// host: the same rendering and fingerprints as a run, with the outputs of
+/// steps that would be skipped restored from the journal.
 pub fn predict_skips(
     plan: &Plan,
     records: &HashMap<RecordKey, Record>,
@@ -1330,24 +1369,20 @@ pub fn predict_skips(
     secrets: &Map<String, Value>,
     key: &SecretKey,
     masker: &Arc<Masker>,
-) -> Vec<Option<bool>> {
+) -> Vec<Prediction> {
     let wf = &plan.workflow;
     let templates = Templates::new();
-    let mut result: Vec<Option<bool>> = vec![None; plan.nodes.len()];
+    let mut result = vec![Prediction::Unknown; plan.nodes.len()];
     let mut outputs: HashMap<(usize, String), Value> = HashMap::new();
     for phase in &plan.phases {
         for &n in phase {
             let pn = &plan.nodes[n];
             let step = &wf.steps[pn.step];
-            let deps_skip = plan.deps[n].iter().all(|&d| result[d] == Some(true));
-            if !deps_skip
-                || !step.journal
-                || opts.force
-                || opts.verify
-                || step.for_each.is_some()
-                || step.when.is_some()
-            {
-                result[n] = if step.journal && !opts.force { None } else { Some(false) };
+            if !step.journal || opts.force || opts.verify {
+                result[n] = Prediction::Run;
+                continue;
+            }
+            if !plan.deps[n].iter().all(|&d| result[d].skips_all()) {
                 continue;
             }
             let mut vars = base_vars(&wf.vars, &pn.host, &opts.extra_vars, secrets);
@@ -1359,52 +1394,106 @@ pub fn predict_skips(
             }
             vars.insert("steps".into(), Value::Object(steps));
             let vars = Value::Object(vars);
-            let Ok(Value::Object(params)) = templates.render_tree("plan", &Value::Object(step.with.clone()), &vars)
-            else {
-                continue;
-            };
-            let bcx = BuildContext {
-                workflow_dir: &step.dir,
-                templates: &templates,
-                vars: &vars,
-                host: &pn.host,
-            };
-            let Ok(built) = step.kind.build(&params, &bcx) else {
-                continue;
-            };
-            let fp = fingerprint(
-                masker,
-                key,
-                step,
-                &params,
-                built.fingerprint_extra(),
-                &pn.host,
-                "",
-                resolve_become(step, &pn.host).as_ref(),
-            );
-            let key_ = RecordKey {
-                step_id: step.id.clone(),
-                item: String::new(),
-                host: pn.host.name.clone(),
-            };
-            let hit = records.get(&key_).filter(|r| r.fingerprint == fp);
-            result[n] = Some(hit.is_some());
-            if let Some(r) = hit {
-                let o: Outputs = r
-                    .outputs
-                    .as_deref()
-                    .and_then(|t| serde_json::from_str(t).ok())
-                    .or_else(|| {
-                        r.outputs_enc
-                            .as_ref()
-                            .and_then(|e| key.decrypt(e))
-                            .and_then(|b| serde_json::from_slice(&b).ok())
-                    })
-                    .unwrap_or_default();
-                outputs.insert(
-                    (pn.step, pn.host.name.clone()),
-                    json!({"outputs": o, "status": "ok", "changed": false}),
+            // One instance: Some((skipped, outputs)); None when it cannot be known.
+            let predict_one = |vars: &Value, item: Option<&Value>| -> Option<(bool, Outputs)> {
+                let mut v = vars.clone();
+                if let (Some(it), Value::Object(m)) = (item, &mut v) {
+                    m.insert("item".into(), it.clone());
+                }
+                if let Some(cond) = &step.when {
+                    if !truthy(&templates.render_value("plan", cond, &v).ok()?) {
+                        return Some((true, Outputs::new()));
+                    }
+                }
+                let Value::Object(params) = templates
+                    .render_tree("plan", &Value::Object(step.with.clone()), &v)
+                    .ok()?
+                else {
+                    return None;
+                };
+                let bcx = BuildContext {
+                    workflow_dir: &step.dir,
+                    templates: &templates,
+                    vars: &v,
+                    host: &pn.host,
+                };
+                let built = step.kind.build(&params, &bcx).ok()?;
+                let ikey = item.map(|i| item_key(i).0).unwrap_or_default();
+                let become_ = resolve_become(step, &pn.host);
+                let fp = fingerprint(
+                    masker,
+                    key,
+                    step,
+                    &params,
+                    built.fingerprint_extra(),
+                    &pn.host,
+                    &ikey,
+                    become_.as_ref(),
                 );
+                let rk = RecordKey {
+                    step_id: step.id.clone(),
+                    item: ikey,
+                    host: pn.host.name.clone(),
+                };
+                match records.get(&rk).filter(|r| r.fingerprint == fp) {
+                    Some(r) => Some((true, record_outputs(r, key))),
+                    None => Some((false, Outputs::new())),
+                }
+            };
+            match &step.for_each {
+                None => {
+                    if let Some(cond) = &step.when {
+                        if matches!(templates.render_value("plan", cond, &vars), Ok(c) if !truthy(&c)) {
+                            result[n] = Prediction::WhenFalse;
+                            continue;
+                        }
+                    }
+                    let Some((skip, o)) = predict_one(&vars, None) else {
+                        continue;
+                    };
+                    result[n] = if skip { Prediction::Skip } else { Prediction::Run };
+                    if skip {
+                        outputs.insert(
+                            (pn.step, pn.host.name.clone()),
+                            json!({"outputs": o, "status": "ok", "changed": false}),
+                        );
+                    }
+                }
+                Some(spec) => {
+                    let items = match templates.render_tree("plan", spec, &vars) {
+                        Ok(Value::Array(items)) => items,
+                        Ok(Value::String(text)) => match serde_json::from_str::<Value>(&text) {
+                            Ok(Value::Array(items)) => items,
+                            _ => continue,
+                        },
+                        _ => continue,
+                    };
+                    let mut skip = 0;
+                    let mut results = Vec::new();
+                    let mut known = true;
+                    for item in &items {
+                        match predict_one(&vars, Some(item)) {
+                            Some((s, o)) => {
+                                skip += usize::from(s);
+                                results.push(json!({"item": item, "outputs": o, "status": "ok", "changed": false}));
+                            }
+                            None => known = false,
+                        }
+                    }
+                    if !known {
+                        continue;
+                    }
+                    result[n] = Prediction::Items {
+                        skip,
+                        total: items.len(),
+                    };
+                    if skip == items.len() {
+                        outputs.insert(
+                            (pn.step, pn.host.name.clone()),
+                            json!({"results": results, "status": "ok", "changed": false}),
+                        );
+                    }
+                }
             }
         }
     }
