@@ -203,7 +203,22 @@ fn plan_graph_list_and_validate() {
     r.stdout_has("phase 1:").stdout_has("  root-dir (file) on localhost");
     sb.run(&["run", "site.yml"], 0);
     sb.run(&["plan", "site.yml"], 0)
-        .stdout_has("root-dir (file) on localhost (journal: skip)");
+        .stdout_has("root-dir (file) on localhost (journal: skip)")
+        .stdout_has("users (file for_each) on localhost (journal: skip, 3 items)");
+    sb.run(
+        &[
+            "plan",
+            "site.yml",
+            "-e",
+            r#"users=["alice","dave"]"#,
+            "-e",
+            "banner_text=hi",
+        ],
+        0,
+    )
+    .stdout_has("users (file for_each) on localhost (journal: skip 1 of 2 items, run 1)")
+    .stdout_has("banner (copy) on localhost (run)")
+    .stdout_has("conf-dir (file) on localhost (journal: skip)");
     sb.run(&["graph", "site.yml"], 0)
         .stdout_has("\"conf-dir\" -> \"banner\";");
     sb.run(&["graph", "site.yml", "--format", "mermaid"], 0)
