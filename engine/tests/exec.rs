@@ -395,3 +395,71 @@ mod secrets_stay_out_of_argv {
         assert_eq!(cx.exec(r).await.unwrap().stdout_str(), "s3cr3t-value\n");
     }
 }
+
+#[test]
+fn fail_fast_stops_the_run_and_max_fail_percentage_stops_past_the_threshold() {
+    let env = Env::new();
+    let hosts = "all:\n  children:\n    g:\n      hosts:\n        a: { connection: local }\n        b: { connection: local }\n        c: { connection: local }\n        d: { connection: local }\n";
+    std::fs::write(env.path("hosts.yml"), hosts).unwrap();
+    let body = |head: &str| {
+        format!(
+            "{head}steps:\n  - id: first\n    hosts: g\n    uses: log\n    with: {{ file: LOG, text: \"first {{{{inventory_hostname}}}}\", fail: \"{{{{eq inventory_hostname 'a'}}}}\" }}\n  - id: second\n    needs: [first]\n    hosts: g\n    uses: log\n    with: {{ file: LOG, text: \"second {{{{inventory_hostname}}}}\", sleep_ms: 50 }}\n"
+        )
+    };
+    let run = |wf: &Path| {
+        let registry = Registry::new(vec![Box::new(LogKind)]);
+        let inv = Inventory::load(&env.path("hosts.yml")).unwrap();
+        let extra = Map::new();
+        let w = Arc::new(
+            loader::load(
+                wf,
+                &LoadContext {
+                    registry: &registry,
+                    inventory: &inv,
+                    extra_vars: &extra,
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let p = Arc::new(plan::plan(w, &inv, &extra, None).unwrap());
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (_tx, rx) = tokio::sync::watch::channel(None);
+        rt.block_on(exec::run(
+            p,
+            RunOptions {
+                forks: 1,
+                ..RunOptions::default()
+            },
+            RunEnv {
+                journal: None,
+                key: SecretKey::ephemeral(),
+                masker: Masker::global(),
+                secrets: Map::new(),
+                pool: Arc::new(Pool::new(None)),
+                sink: Arc::new(NoEvents),
+                interrupt: rx,
+            },
+        ))
+        .unwrap()
+    };
+    // Without either, a failure on `a` stops only `a`'s dependents.
+    let r = run(&env.write("plain.yml", &body("")));
+    assert_eq!(count(&r, Status::Failed), 1);
+    assert_eq!(env.log().iter().filter(|l| l.starts_with("second")).count(), 3);
+    // fail_fast: nothing new starts after the first failure.
+    std::fs::remove_file(env.path("log.txt")).unwrap();
+    let r = run(&env.write("ff.yml", &body("fail_fast: true\n")));
+    assert_eq!(r.outcome, Outcome::Failed);
+    assert!(env.log().iter().all(|l| !l.starts_with("second")), "{:?}", env.log());
+    assert!(r.results.iter().any(|x| x
+        .message
+        .as_deref()
+        .is_some_and(|m| m.contains("stopping after a failure"))));
+    // 1 failed host of 4 is 25%: a 20% threshold stops the run, a 50% one does not.
+    std::fs::remove_file(env.path("log.txt")).unwrap();
+    run(&env.write("p20.yml", &body("max_fail_percentage: 20\n")));
+    assert!(env.log().iter().all(|l| !l.starts_with("second")), "{:?}", env.log());
+    std::fs::remove_file(env.path("log.txt")).unwrap();
+    run(&env.write("p50.yml", &body("max_fail_percentage: 50\n")));
+    assert_eq!(env.log().iter().filter(|l| l.starts_with("second")).count(), 3);
+}
