@@ -106,7 +106,13 @@ impl Env {
     }
     fn run_with(&self, wf: &Path, opts: RunOptions) -> Result<RunReport, RunError> {
         let registry = Registry::new(vec![Box::new(LogKind)]);
-        let inv = Inventory::empty();
+        // A test that needs hosts writes `hosts.yml` beside the workflow.
+        let hosts = self.path("hosts.yml");
+        let inv = if hosts.exists() {
+            Inventory::load(&hosts).unwrap()
+        } else {
+            Inventory::empty()
+        };
         let extra = opts.extra_vars.clone();
         let w = Arc::new(
             loader::load(
@@ -407,39 +413,13 @@ fn fail_fast_stops_the_run_and_max_fail_percentage_stops_past_the_threshold() {
         )
     };
     let run = |wf: &Path| {
-        let registry = Registry::new(vec![Box::new(LogKind)]);
-        let inv = Inventory::load(&env.path("hosts.yml")).unwrap();
-        let extra = Map::new();
-        let w = Arc::new(
-            loader::load(
-                wf,
-                &LoadContext {
-                    registry: &registry,
-                    inventory: &inv,
-                    extra_vars: &extra,
-                },
-            )
-            .unwrap_or_else(|e| panic!("{e}")),
-        );
-        let p = Arc::new(plan::plan(w, &inv, &extra, None).unwrap());
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let (_tx, rx) = tokio::sync::watch::channel(None);
-        rt.block_on(exec::run(
-            p,
+        env.run_with(
+            wf,
             RunOptions {
                 forks: 1,
                 ..RunOptions::default()
             },
-            RunEnv {
-                journal: None,
-                key: SecretKey::ephemeral(),
-                masker: Masker::global(),
-                secrets: Map::new(),
-                pool: Arc::new(Pool::new(None)),
-                sink: Arc::new(NoEvents),
-                interrupt: rx,
-            },
-        ))
+        )
         .unwrap()
     };
     // Without either, a failure on `a` stops only `a`'s dependents.
