@@ -240,3 +240,78 @@ fn vm_ssh_and_runner_in_one_run_then_nothing_then_teardown() {
     assert!(pve.vm_by_name("runner-01").is_none(), "VM still exists");
     drop(rt);
 }
+
+/// Issue 14: restoring a journaled step whose kind has a secret output (the
+/// runner token) must register that output alone as a secret. Before the fix
+/// every string of the record was registered, so the runner's plain `status`
+/// (`never_contacted`) was masked wherever it appeared: here in the workflow
+/// name, a step id and a command's output, on every report.
+#[test]
+fn issue_14_a_restored_secret_output_masks_only_the_secret() {
+    let sb = Sandbox::new();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let gitlab = rt.block_on(GitLabEmulator::start()).unwrap();
+    let gl_token = gitlab.add_token(&["create_runner", "manage_runner"]);
+    sb.write(
+        "wf.yml",
+        &format!(
+            r#"
+            name: runner-never_contacted
+            secrets:
+              gitlab_token: {{ env: TEST_GITLAB_TOKEN }}
+            steps:
+              - id: register
+                uses: gitlab_runner
+                with: {{ api_url: "{}", token: "{{{{secrets.gitlab_token}}}}", runner_type: instance_type, description: r1 }}
+              - id: never_contacted-note
+                needs: [register]
+                journal: false
+                uses: command
+                with: {{ shell: "echo 'runner is {{{{steps.register.outputs.status}}}}, token {{{{steps.register.outputs.token}}}}' > $DIR/note" }}
+            "#,
+            gitlab.url()
+        ),
+    );
+    let run = |code: i32, extra: &[&str]| {
+        let mut args = vec!["run", "wf.yml", "--output", "json"];
+        args.extend_from_slice(extra);
+        sb.cmd(&args).env("TEST_GITLAB_TOKEN", &gl_token).expect(code)
+    };
+    run(0, &[]);
+    let runner_token = gitlab.runners()[0].token.clone();
+    assert!(
+        sb.read("note").contains(&runner_token),
+        "the command got the real token"
+    );
+    // The re-run restores `register` from the journal (encrypted outputs).
+    let r = run(0, &["--junit", "report.xml", "--metrics", "m.prom", "-v"]);
+    let doc = r.json();
+    assert_eq!(doc["workflow"], "runner-never_contacted");
+    let steps = doc["steps"].as_array().unwrap();
+    let register = steps.iter().find(|s| s["id"] == "register").unwrap();
+    assert_eq!(register["from_journal"], true, "{doc}");
+    assert!(steps.iter().any(|s| s["id"] == "never_contacted-note"), "{doc}");
+    let junit = sb.read("report.xml");
+    assert!(junit.contains("name=\"never_contacted-note\""), "{junit}");
+    assert!(junit.contains("runner-never_contacted"), "{junit}");
+    let metrics = sb.read("m.prom");
+    assert!(metrics.contains("workflow=\"runner-never_contacted\""), "{metrics}");
+    for (what, text) in [
+        ("stdout", &r.stdout),
+        ("stderr", &r.stderr),
+        ("junit", &junit),
+        ("metrics", &metrics),
+    ] {
+        assert!(!text.contains(&runner_token), "{what} holds the runner token:\n{text}");
+        assert!(!text.contains("never_****"), "{what} masks a plain word:\n{text}");
+        assert!(!text.contains("****-note"), "{what} masks a step id:\n{text}");
+    }
+    for f in ["journal.db", "journal.db-wal"] {
+        let bytes = std::fs::read(sb.path(f)).unwrap_or_default();
+        assert!(
+            !bytes.windows(runner_token.len()).any(|w| w == runner_token.as_bytes()),
+            "{f} holds the runner token"
+        );
+    }
+    drop(rt);
+}

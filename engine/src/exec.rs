@@ -526,7 +526,7 @@ async fn run_node(ctx: &Arc<Ctx>, node: usize) -> NodeStatus {
             item: String::new(),
             host: pn.host.name.clone(),
         }) {
-            if let Some(o) = restore_outputs(ctx, rec) {
+            if let Some(o) = restore_outputs(ctx, step, rec) {
                 ctx.state().outputs.insert(
                     (pn.step, pn.host.name.clone()),
                     json!({"outputs": o, "status": "skipped", "changed": false}),
@@ -756,17 +756,29 @@ fn emit_result(ctx: &Ctx, r: InstanceResult) {
     ctx.state().results.push(r);
 }
 
-fn restore_outputs(ctx: &Ctx, rec: &Record) -> Option<Outputs> {
+fn restore_outputs(ctx: &Ctx, step: &StepDef, rec: &Record) -> Option<Outputs> {
     let text = match (&rec.outputs, &rec.outputs_enc) {
         (Some(t), _) => t.clone(),
         (None, Some(enc)) => String::from_utf8(ctx.env.key.decrypt(enc)?).ok()?,
         (None, None) => return Some(Outputs::new()),
     };
     let outputs: Outputs = serde_json::from_str(&text).ok()?;
-    if rec.outputs_enc.is_some() {
-        register_secret_values(&ctx.env.masker, &Value::Object(outputs.clone()));
-    }
+    // Only the kind's secret outputs become secrets. A record is also stored
+    // encrypted when an output merely contains a secret (a command's stdout
+    // echoing a token); that secret is masked because it is registered where it
+    // came from, and the rest of the document stays readable.
+    register_secret_outputs(&ctx.env.masker, step.kind.info(), &outputs);
     Some(outputs)
+}
+
+/// Register the values of a kind's secret outputs with the masker: those, and
+/// nothing else of a step's outputs, are secrets.
+fn register_secret_outputs(masker: &Masker, info: &crate::step::KindInfo, outputs: &Outputs) {
+    for name in info.secret_outputs {
+        if let Some(v) = outputs.get(*name) {
+            register_secret_values(masker, v);
+        }
+    }
 }
 
 fn register_secret_values(masker: &Masker, v: &Value) {
@@ -955,7 +967,7 @@ async fn run_instance(
     };
     // What the journal last recorded for this instance, parsed once: the step's
     // previous state, and its outputs when the fingerprint still matches.
-    let previous = ctx.records.get(&key).and_then(|r| restore_outputs(&ctx, r));
+    let previous = ctx.records.get(&key).and_then(|r| restore_outputs(&ctx, step, r));
     let fingerprint_matches = record.is_some_and(|r| r.fingerprint == fp);
     if fingerprint_matches && previous.is_some() && !ctx.opts.verify && !dep_changed {
         let outputs = previous.unwrap_or_default();
@@ -1000,11 +1012,7 @@ async fn run_instance(
         Ok(done) => {
             let mut outputs = journal_outputs.unwrap_or_default();
             outputs.extend(done.outputs);
-            for name in info.secret_outputs {
-                if let Some(v) = outputs.get(*name) {
-                    register_secret_values(&ctx.env.masker, v);
-                }
-            }
+            register_secret_outputs(&ctx.env.masker, info, &outputs);
             let status = if done.changed { Status::Changed } else { Status::Ok };
             if !ctx.opts.check && step.journal {
                 if let Some(j) = &ctx.env.journal {

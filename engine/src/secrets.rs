@@ -17,6 +17,9 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 pub const MASK: &str = "****";
 
+/// The shortest line of a multi-line secret that is masked on its own.
+const MIN_SECRET_LINE: usize = 8;
+
 /// Resolve every secret a workflow declares, registering each value with the
 /// masker. A missing source is an error that points at the declaration.
 pub fn resolve(
@@ -94,10 +97,19 @@ impl Masker {
 
     /// Register a secret value. Values shorter than 3 characters are not
     /// maskable without destroying all output; they are refused by the loader.
+    ///
+    /// The lines of a multi-line secret (a key file) are registered too, since
+    /// output may carry them one by one, but only lines that are secret
+    /// material: long enough to be distinctive, and not the PEM armour lines
+    /// (`-----BEGIN ... KEY-----`) that every key file shares.
     pub fn add(&self, value: &str) {
         let mut values = self.values.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for v in value.lines().chain(std::iter::once(value)) {
-            let v = v.trim();
+        let whole = value.trim();
+        let lines = value
+            .lines()
+            .map(str::trim)
+            .filter(|l| *l != whole && l.len() >= MIN_SECRET_LINE && !(l.starts_with("-----") && l.ends_with("-----")));
+        for v in std::iter::once(whole).chain(lines) {
             if v.len() >= 3 && !values.iter().any(|x| x == v) {
                 values.push(v.to_owned());
             }
@@ -224,6 +236,24 @@ mod tests {
         m.add("abcdef");
         assert_eq!(m.mask("x abcdef y abc"), "x **** y ****");
         assert!(m.contains_secret("..abc.."));
+    }
+
+    #[test]
+    fn a_multi_line_secret_masks_its_material_not_its_armour() {
+        let m = Masker::default();
+        m.add(
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\nend\n-----END OPENSSH PRIVATE KEY-----\n",
+        );
+        assert_eq!(m.mask("line b3BlbnNzaC1rZXktdjEAAAAA"), "line ****");
+        assert_eq!(
+            m.mask("-----BEGIN OPENSSH PRIVATE KEY----- at the end"),
+            "-----BEGIN OPENSSH PRIVATE KEY----- at the end"
+        );
+        assert_eq!(
+            m.mask("the end"),
+            "the end",
+            "a short line of a secret is not a secret of its own"
+        );
     }
 
     #[test]
