@@ -40,6 +40,21 @@ pub enum Command {
     Show(ShowArgs),
     /// Forget journal records so those steps run again.
     Forget(ForgetArgs),
+    /// Print the JSON Schema of workflow or inventory files, for editors.
+    Schema(SchemaArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SchemaArgs {
+    /// Which files the schema describes.
+    #[arg(value_enum)]
+    pub kind: SchemaKind,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum SchemaKind {
+    Workflow,
+    Inventory,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -168,7 +183,7 @@ pub struct ForgetArgs {
 }
 
 const SUBCOMMANDS: &[&str] = &[
-    "run", "plan", "validate", "graph", "list", "steps", "history", "show", "forget", "help",
+    "run", "plan", "validate", "graph", "list", "steps", "history", "show", "forget", "schema", "help",
 ];
 
 /// Parse argv, turning `flowrun NAME ...` into `flowrun run NAME ...`.

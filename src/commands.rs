@@ -70,6 +70,7 @@ pub fn main(cli: Cli) -> i32 {
             args.step.as_deref(),
             args.host.as_deref(),
         ),
+        Command::Schema(args) => Ok(crate::editor::schema(args.kind, &registry())),
     };
     match result {
         Ok(code) => code,

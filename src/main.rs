@@ -3,6 +3,7 @@
 
 mod cli;
 mod commands;
+mod editor;
 mod output;
 
 fn main() {

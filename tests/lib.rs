@@ -6,5 +6,6 @@ mod core;
 mod errors;
 mod harness;
 mod lifecycle;
+mod schema;
 mod shipped_workflows;
 mod ssh;
