@@ -2,6 +2,7 @@
 //! in a temporary directory with its own journal.
 
 mod api;
+mod completions;
 mod core;
 mod errors;
 mod harness;

@@ -14,6 +14,10 @@ pub fn schema(kind: SchemaKind) -> Result<ExitStatus, Error> {
         SchemaKind::Inventory => flowrun_engine::schema::inventory(),
     };
     // A closed pipe (`| head`) is not an error worth a panic.
-    let _ = writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    let _ = writeln!(
+        std::io::stdout(),
+        "{}",
+        serde_json::to_string_pretty(&doc).unwrap_or_default()
+    );
     Ok(ExitStatus::Success)
 }
