@@ -73,10 +73,26 @@ impl LockClaim {
 #[derive(Debug, Clone)]
 pub enum Item {
     Run(RunRow),
-    Step { run_id: String, seq: u64, step: RunStep },
-    Record { workflow: String, key: RecordKey, record: Record, updated_at: i64 },
-    Pending { workflow: String, host: String, handler: String },
-    Meta { key: String, value: String },
+    Step {
+        run_id: String,
+        seq: u64,
+        step: RunStep,
+    },
+    Record {
+        workflow: String,
+        key: RecordKey,
+        record: Record,
+        updated_at: i64,
+    },
+    Pending {
+        workflow: String,
+        host: String,
+        handler: String,
+    },
+    Meta {
+        key: String,
+        value: String,
+    },
 }
 
 /// What `flowrun journal stats` prints.

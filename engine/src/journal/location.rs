@@ -17,7 +17,9 @@ impl Location {
     pub fn parse(text: &str) -> Result<Self, JournalError> {
         if let Some(rest) = text.strip_prefix("sqlite://") {
             if rest.is_empty() {
-                return Err(JournalError::Config("`sqlite://` needs a path: `sqlite:///var/lib/flowrun/journal.db`".into()));
+                return Err(JournalError::Config(
+                    "`sqlite://` needs a path: `sqlite:///var/lib/flowrun/journal.db`".into(),
+                ));
             }
             return Ok(Self::Sqlite(crate::paths::expand_home(rest)));
         }
@@ -52,7 +54,13 @@ impl Location {
             Self::Postgres(t) => {
                 let name: String = format!("journal-{}-{}-{}-{}.key", t.host_label(), t.port, t.dbname, t.schema)
                     .chars()
-                    .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
                     .collect();
                 crate::paths::state_dir().join(name)
             }
@@ -72,12 +80,13 @@ impl std::fmt::Display for Location {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn paths_and_urls() {
-        assert!(matches!(Location::parse("j.db").unwrap(), Location::Sqlite(p) if p == PathBuf::from("j.db")));
+        assert!(matches!(Location::parse("j.db").unwrap(), Location::Sqlite(p) if p == Path::new("j.db")));
         assert!(
-            matches!(Location::parse("sqlite:///var/j.db").unwrap(), Location::Sqlite(p) if p == PathBuf::from("/var/j.db"))
+            matches!(Location::parse("sqlite:///var/j.db").unwrap(), Location::Sqlite(p) if p == Path::new("/var/j.db"))
         );
         assert!(Location::parse("postgres://u@127.0.0.1:5432/db?sslmode=disable")
             .unwrap()

@@ -26,8 +26,8 @@ pub use backend::{Item, Pruned, Stats, WorkflowStats};
 pub use location::Location;
 pub use pgurl::{PgTarget, SslMode};
 
-use backend::{Backend, LockClaim, Write};
 use crate::secrets::SecretKey;
+use backend::{Backend, LockClaim, Write};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -104,7 +104,7 @@ impl std::fmt::Display for LockHolder {
             if self.host.is_empty() { "?" } else { &self.host },
             self.pid,
             self.run_id,
-            crate::exec::utc_text(self.started_at)
+            crate::clock::utc_text(self.started_at)
         )
     }
 }
@@ -145,7 +145,11 @@ impl JournalError {
     pub fn is_config(&self) -> bool {
         matches!(
             self,
-            Self::Config(_) | Self::Auth { .. } | Self::NewerSchema { .. } | Self::WrongKey { .. } | Self::MissingKey { .. }
+            Self::Config(_)
+                | Self::Auth { .. }
+                | Self::NewerSchema { .. }
+                | Self::WrongKey { .. }
+                | Self::MissingKey { .. }
         )
     }
 }
@@ -306,7 +310,11 @@ impl Journal {
     /// End a lock wait in progress (on SIGINT/SIGTERM).
     pub fn cancel_lock_wait(&self) {
         self.cancel.flag.store(true, Ordering::SeqCst);
-        let server = self.cancel.server.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let server = self
+            .cancel
+            .server
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(c) = server.as_ref() {
             c();
         }
@@ -384,7 +392,11 @@ impl Journal {
         step: Option<&str>,
         host: Option<&str>,
     ) -> Result<usize, JournalError> {
-        let (w, s, h) = (workflow.map(str::to_owned), step.map(str::to_owned), host.map(str::to_owned));
+        let (w, s, h) = (
+            workflow.map(str::to_owned),
+            step.map(str::to_owned),
+            host.map(str::to_owned),
+        );
         self.ask(move |b| b.forget(w.as_deref(), s.as_deref(), h.as_deref()))
     }
 

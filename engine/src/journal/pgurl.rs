@@ -209,7 +209,11 @@ impl PgTarget {
         };
         t.port = match port {
             Some(p) => p,
-            None => env("PGPORT").map(|p| parse_port(&p)).transpose().map_err(bad)?.unwrap_or(5432),
+            None => env("PGPORT")
+                .map(|p| parse_port(&p))
+                .transpose()
+                .map_err(bad)?
+                .unwrap_or(5432),
         };
         t.user = user
             .filter(|u| !u.is_empty())
@@ -261,9 +265,8 @@ impl PgTarget {
             return Ok(Some(p.to_string_lossy().into_owned()));
         }
         if let Some(file) = env("FLOWRUN_JOURNAL_PASSWORD_FILE") {
-            let text = std::fs::read_to_string(&file).map_err(|e| {
-                JournalError::Config(format!("cannot read the journal password file `{file}`: {e}"))
-            })?;
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| JournalError::Config(format!("cannot read the journal password file `{file}`: {e}")))?;
             return Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()));
         }
         let passfile = self
@@ -271,12 +274,12 @@ impl PgTarget {
             .clone()
             .or_else(|| env("PGPASSFILE").map(PathBuf::from))
             .unwrap_or_else(|| crate::paths::home().join(".pgpass"));
-        Ok(self.from_passfile(&passfile))
+        Ok(self.in_passfile(&passfile))
     }
 
     /// libpq's password file: `host:port:database:user:password` lines,
     /// `*` matching anything; ignored when others can read it.
-    fn from_passfile(&self, path: &Path) -> Option<String> {
+    fn in_passfile(&self, path: &Path) -> Option<String> {
         let meta = std::fs::metadata(path).ok()?;
         if meta.permissions().mode() & 0o077 != 0 {
             tracing::warn!(
@@ -341,8 +344,8 @@ fn split_pgpass(line: &str) -> Vec<String> {
     while let Some(c) = chars.next() {
         match c {
             '\\' => {
-                if let Some(n) = chars.next() {
-                    fields.last_mut().map(|f| f.push(n));
+                if let (Some(n), Some(f)) = (chars.next(), fields.last_mut()) {
+                    f.push(n);
                 }
             }
             ':' if fields.len() < 5 => fields.push(String::new()),
@@ -385,14 +388,17 @@ mod tests {
 
     #[test]
     fn pgpass_lines_match_with_wildcards_and_escapes() {
-        assert_eq!(split_pgpass(r"h:5432:db:u:pa\:ss:word"), ["h", "5432", "db", "u", "pa:ss:word"]);
+        assert_eq!(
+            split_pgpass(r"h:5432:db:u:pa\:ss:word"),
+            ["h", "5432", "db", "u", "pa:ss:word"]
+        );
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("pgpass");
         std::fs::write(&file, "# comment\nother:*:*:*:no\n127.0.0.1:*:jr:u:s3cret\n").unwrap();
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
         let t = PgTarget::parse("postgres://u@127.0.0.1:7/jr?sslmode=disable").unwrap();
-        assert_eq!(t.from_passfile(&file).as_deref(), Some("s3cret"));
+        assert_eq!(t.in_passfile(&file).as_deref(), Some("s3cret"));
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert_eq!(t.from_passfile(&file), None, "a file others can read is ignored");
+        assert_eq!(t.in_passfile(&file), None, "a file others can read is ignored");
     }
 }

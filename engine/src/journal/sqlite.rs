@@ -100,7 +100,8 @@ impl Sqlite {
             std::thread::sleep((deadline - Instant::now()).min(Duration::from_millis(200)));
         };
         if result.is_some() {
-            self.conn.execute("DELETE FROM lock_queue WHERE ticket = ?1", [ticket])?;
+            self.conn
+                .execute("DELETE FROM lock_queue WHERE ticket = ?1", [ticket])?;
         }
         Ok(result)
     }
@@ -162,7 +163,9 @@ fn first_live_ticket(tx: &rusqlite::Transaction<'_>, claim: &LockClaim) -> rusql
         "SELECT ticket, pid, pid_start FROM lock_queue WHERE workflow = ?1 AND inventory = ?2 ORDER BY ticket",
     )?;
     let rows: Vec<(i64, i64, String)> = st
-        .query_map(params![claim.workflow, claim.inventory], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .query_map(params![claim.workflow, claim.inventory], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
         .collect::<rusqlite::Result<_>>()?;
     for (ticket, pid, start) in rows {
         if process_alive(pid, &start) {
@@ -281,7 +284,12 @@ impl Backend for Sqlite {
         Ok(Some((run, steps)))
     }
 
-    fn forget(&mut self, workflow: Option<&str>, step: Option<&str>, host: Option<&str>) -> Result<usize, JournalError> {
+    fn forget(
+        &mut self,
+        workflow: Option<&str>,
+        step: Option<&str>,
+        host: Option<&str>,
+    ) -> Result<usize, JournalError> {
         Ok(self.conn.execute(
             "DELETE FROM records WHERE (?1 IS NULL OR workflow = ?1) AND (?2 IS NULL OR step_id = ?2) AND (?3 IS NULL OR host = ?3)",
             params![workflow, step, host],
@@ -316,9 +324,11 @@ impl Backend for Sqlite {
             ..Stats::default()
         };
         s.schema_version = self.schema_version()?;
-        (s.oldest_run, s.newest_run) = self
-            .conn
-            .query_row("SELECT min(started_at), max(started_at) FROM runs", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        (s.oldest_run, s.newest_run) =
+            self.conn
+                .query_row("SELECT min(started_at), max(started_at) FROM runs", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
         s.bytes = ["", "-wal"]
             .iter()
             .map(|suffix| {
@@ -357,7 +367,9 @@ impl Backend for Sqlite {
             |r| r.get(0),
         )?;
         let runs = tx.execute(
-            &format!("INSERT INTO prune_ids SELECT id FROM runs WHERE {old} AND id NOT IN (SELECT run_id FROM records)"),
+            &format!(
+                "INSERT INTO prune_ids SELECT id FROM runs WHERE {old} AND id NOT IN (SELECT run_id FROM records)"
+            ),
             [before],
         )?;
         let run_steps: i64 = tx.query_row(
@@ -408,7 +420,11 @@ impl Backend for Sqlite {
                 // The end: commit.
                 Ok(None) => break,
                 // The source failed: dropping `tx` rolls back.
-                Err(_) => return Err(JournalError::Sql("the copy was interrupted; nothing was imported".into())),
+                Err(_) => {
+                    return Err(JournalError::Sql(
+                        "the copy was interrupted; nothing was imported".into(),
+                    ))
+                }
             }
         }
         tx.commit()?;
@@ -571,7 +587,9 @@ fn export(conn: &Connection, each: &mut dyn FnMut(Item) -> Result<(), JournalErr
     while let Some(r) = rows.next()? {
         each(Item::Run(run_row(r)?))?;
     }
-    let mut st = conn.prepare(&format!("SELECT run_id, seq, {STEP_COLS} FROM run_steps ORDER BY run_id, seq"))?;
+    let mut st = conn.prepare(&format!(
+        "SELECT run_id, seq, {STEP_COLS} FROM run_steps ORDER BY run_id, seq"
+    ))?;
     let mut rows = st.query([])?;
     while let Some(r) = rows.next()? {
         each(Item::Step {
@@ -715,11 +733,15 @@ mod tests {
             j2.unlock("wf", "inv", "r1");
             j2.flush().unwrap();
         });
-        let got = other.lock_wait("wf", "inv", "r2", Some(Duration::from_secs(20))).unwrap();
+        let got = other
+            .lock_wait("wf", "inv", "r2", Some(Duration::from_secs(20)))
+            .unwrap();
         assert!(got.is_none(), "the waiter took the released lock");
         release.join().unwrap();
         let conn = Connection::open(&p).unwrap();
-        let queued: i64 = conn.query_row("SELECT count(*) FROM lock_queue", [], |r| r.get(0)).unwrap();
+        let queued: i64 = conn
+            .query_row("SELECT count(*) FROM lock_queue", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(queued, 0, "the ticket is gone");
         let run: String = conn.query_row("SELECT run_id FROM locks", [], |r| r.get(0)).unwrap();
         assert_eq!(run, "r2");

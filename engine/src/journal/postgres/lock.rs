@@ -63,7 +63,11 @@ pub(super) fn lock(
     match waited {
         Ok(_) => {
             reset.map_err(|e| pg.err(&e))?;
-            tracing::info!("took the lock of `{}` after {:.1}s", claim.workflow, t0.elapsed().as_secs_f64());
+            tracing::info!(
+                "took the lock of `{}` after {:.1}s",
+                claim.workflow,
+                t0.elapsed().as_secs_f64()
+            );
             taken(pg, claim, k).map(|()| None)
         }
         Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) || e.code() == Some(&SqlState::QUERY_CANCELED) => {
@@ -83,7 +87,14 @@ fn taken(pg: &mut Postgres, claim: &LockClaim, k: i64) -> Result<(), JournalErro
              VALUES ($1, $2, $3, '', $4, $5, $6, pg_backend_pid())
              ON CONFLICT (workflow, inventory) DO UPDATE SET pid = excluded.pid, run_id = excluded.run_id,
                 started_at = excluded.started_at, host = excluded.host, backend_pid = excluded.backend_pid",
-            &[&claim.workflow, &claim.inventory, &claim.pid, &claim.run_id, &now(), &claim.host],
+            &[
+                &claim.workflow,
+                &claim.inventory,
+                &claim.pid,
+                &claim.run_id,
+                &now(),
+                &claim.host,
+            ],
         )
         .map_err(|e| pg.err(&e))?;
     // A run the previous holder never finished (its session died) is abandoned.

@@ -103,11 +103,7 @@ impl Postgres {
 
     fn err(&self, e: &postgres::Error) -> JournalError {
         if e.is_closed() || e.as_db_error().is_none() && e.to_string().contains("communicating") {
-            return JournalError::Sql(format!(
-                "lost the connection to `{}`: {}",
-                self.label,
-                describe(e)
-            ));
+            return JournalError::Sql(format!("lost the connection to `{}`: {}", self.label, describe(e)));
         }
         JournalError::Sql(format!("`{}`: {}", self.label, describe(e)))
     }
@@ -122,11 +118,9 @@ impl Postgres {
         if !exists {
             // The name is a checked identifier (lowercase letters, digits, `_`).
             let sql = format!("CREATE SCHEMA IF NOT EXISTS {}", self.schema);
-            self.client.batch_execute(&sql).map_err(|e| {
-                JournalError::Open {
-                    journal: self.label.clone(),
-                    message: format!("cannot create the schema `{}`: {}", self.schema, describe(&e)),
-                }
+            self.client.batch_execute(&sql).map_err(|e| JournalError::Open {
+                journal: self.label.clone(),
+                message: format!("cannot create the schema `{}`: {}", self.schema, describe(&e)),
             })?;
         }
         let sql = format!("SET search_path TO {}", self.schema);
@@ -308,7 +302,10 @@ impl Backend for Postgres {
         let steps = self
             .client
             .query(
-                &format!("SELECT {} FROM run_steps WHERE run_id = $1 ORDER BY seq", rows::STEP_COLS),
+                &format!(
+                    "SELECT {} FROM run_steps WHERE run_id = $1 ORDER BY seq",
+                    rows::STEP_COLS
+                ),
                 &[&id],
             )
             .map_err(|e| self.err(&e))?;
@@ -318,7 +315,12 @@ impl Backend for Postgres {
         )))
     }
 
-    fn forget(&mut self, workflow: Option<&str>, step: Option<&str>, host: Option<&str>) -> Result<usize, JournalError> {
+    fn forget(
+        &mut self,
+        workflow: Option<&str>,
+        step: Option<&str>,
+        host: Option<&str>,
+    ) -> Result<usize, JournalError> {
         let n = self
             .client
             .execute(
@@ -358,7 +360,10 @@ impl Backend for Postgres {
     fn is_empty(&mut self) -> Result<bool, JournalError> {
         let n: i64 = self
             .client
-            .query_one("SELECT (SELECT count(*) FROM runs) + (SELECT count(*) FROM records)", &[])
+            .query_one(
+                "SELECT (SELECT count(*) FROM runs) + (SELECT count(*) FROM records)",
+                &[],
+            )
             .map_err(|e| self.err(&e))?
             .get(0);
         Ok(n == 0)

@@ -64,10 +64,13 @@ pub(super) fn write(pg: &mut Postgres, batch: &[Write]) -> Result<Vec<LockClaim>
         for w in runs {
             run_write(&mut tx, w)?;
         }
-        insert_steps(&mut tx, steps.iter().filter_map(|w| match w {
-            Write::Step { run_id, seq, step } => Some((run_id.as_str(), *seq, step)),
-            _ => None,
-        }))?;
+        insert_steps(
+            &mut tx,
+            steps.iter().filter_map(|w| match w {
+                Write::Step { run_id, seq, step } => Some((run_id.as_str(), *seq, step)),
+                _ => None,
+            }),
+        )?;
         record_writes(&mut tx, &records)?;
         for w in pending {
             pending_write(&mut tx, w)?;
@@ -124,20 +127,22 @@ fn pending_write(tx: &mut Transaction<'_>, w: &Write) -> Sql {
 
 /// Step results as one statement.
 fn insert_steps<'a>(tx: &mut Transaction<'_>, rows: impl Iterator<Item = (&'a str, u64, &'a RunStep)>) -> Sql {
-    let mut c: (Vec<&str>, Vec<i64>, Vec<&str>, Vec<&str>, Vec<&str>, Vec<&str>, Vec<bool>, Vec<i64>, Vec<Option<&str>>) =
-        Default::default();
+    let (mut run, mut seqs, mut ids, mut hosts, mut items, mut statuses) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut journaled, mut durations, mut messages): (Vec<bool>, Vec<i64>, Vec<Option<&str>>) =
+        (vec![], vec![], vec![]);
     for (run_id, seq, s) in rows {
-        c.0.push(run_id);
-        c.1.push(big(seq));
-        c.2.push(&s.step_id);
-        c.3.push(&s.host);
-        c.4.push(&s.item);
-        c.5.push(&s.status);
-        c.6.push(s.from_journal);
-        c.7.push(big(s.duration_ms));
-        c.8.push(s.message.as_deref());
+        run.push(run_id);
+        seqs.push(big(seq));
+        ids.push(s.step_id.as_str());
+        hosts.push(s.host.as_str());
+        items.push(s.item.as_str());
+        statuses.push(s.status.as_str());
+        journaled.push(s.from_journal);
+        durations.push(big(s.duration_ms));
+        messages.push(s.message.as_deref());
     }
-    if c.0.is_empty() {
+    if run.is_empty() {
         return Ok(());
     }
     tx.execute(
@@ -146,7 +151,7 @@ fn insert_steps<'a>(tx: &mut Transaction<'_>, rows: impl Iterator<Item = (&'a st
          ON CONFLICT (run_id, seq) DO UPDATE SET step_id = excluded.step_id, host = excluded.host, item = excluded.item,
             status = excluded.status, from_journal = excluded.from_journal, duration_ms = excluded.duration_ms,
             message = excluded.message",
-        &[&c.0, &c.1, &c.2, &c.3, &c.4, &c.5, &c.6, &c.7, &c.8],
+        &[&run, &seqs, &ids, &hosts, &items, &statuses, &journaled, &durations, &messages],
     )?;
     Ok(())
 }
@@ -174,7 +179,8 @@ fn upsert_records(tx: &mut Transaction<'_>, rows: &[RecordRow<'_>]) -> Sql {
     }
     let mut keep: Vec<usize> = last.into_values().collect();
     keep.sort_unstable();
-    let (mut w, mut s, mut it, mut h, mut fp, mut st, mut run) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut w, mut s, mut it, mut h, mut fp, mut st, mut run) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
     for &i in &keep {
         let r = &rows[i];
         w.push(r.workflow);
@@ -346,7 +352,10 @@ pub(super) fn export(
     }
     drop(rows);
     let mut rows = tx
-        .query_raw(&format!("SELECT run_id, seq, {STEP_COLS} FROM run_steps ORDER BY run_id, seq"), none)
+        .query_raw(
+            &format!("SELECT run_id, seq, {STEP_COLS} FROM run_steps ORDER BY run_id, seq"),
+            none,
+        )
         .map_err(fail)?;
     while let Some(r) = postgres::fallible_iterator::FallibleIterator::next(&mut rows).map_err(fail)? {
         each(Item::Step {
@@ -403,7 +412,11 @@ pub(super) fn import(pg: &mut Postgres, chunks: &mpsc::Receiver<Option<Vec<Item>
             Ok(Some(items)) => import_chunk(&mut tx, &items).map_err(fail)?,
             Ok(None) => break,
             // The source failed: dropping `tx` rolls back.
-            Err(_) => return Err(JournalError::Sql("the copy was interrupted; nothing was imported".into())),
+            Err(_) => {
+                return Err(JournalError::Sql(
+                    "the copy was interrupted; nothing was imported".into(),
+                ))
+            }
         }
     }
     tx.commit().map_err(fail)
