@@ -5,6 +5,7 @@ mod api;
 mod core;
 mod errors;
 mod harness;
+mod journal;
 mod lifecycle;
 mod shipped_workflows;
 mod ssh;
