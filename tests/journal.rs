@@ -69,11 +69,15 @@ fn a_wait_that_runs_out_exits_3_naming_the_holder() {
 #[test]
 fn journal_stats_prune_and_migrate_on_sqlite() {
     let sb = Sandbox::new();
-    sb.write("wf.yml", "steps:\n  - id: a\n    uses: command\n    with: { shell: \"echo a >> side\" }\n");
+    sb.write(
+        "wf.yml",
+        "steps:\n  - id: a\n    uses: command\n    with: { shell: \"echo a >> side\" }\n",
+    );
     for _ in 0..3 {
         sb.run(&["run", "wf.yml"], 0);
     }
-    sb.run(&["journal", "migrate"], 0).stdout_has("schema version 2, up to date");
+    sb.run(&["journal", "migrate"], 0)
+        .stdout_has("schema version 2, up to date");
     let s = sb.run(&["journal", "stats"], 0);
     s.stdout_has("schema version 2")
         .stdout_has("runs 3  step results 3  records 1")
@@ -87,7 +91,8 @@ fn journal_stats_prune_and_migrate_on_sqlite() {
     sb.run(&["journal", "stats"], 0).stdout_has("runs 3 ");
     sb.run(&["journal", "prune", "--older-than", "0s"], 0)
         .stdout_has("removed 2 run(s)");
-    sb.run(&["journal", "stats"], 0).stdout_has("runs 1  step results 1  records 1");
+    sb.run(&["journal", "stats"], 0)
+        .stdout_has("runs 1  step results 1  records 1");
     // The record survived: the next run still takes `a` from the journal.
     sb.run(&["run", "wf.yml"], 0).stdout_has("ok: [localhost] a (journal)");
     assert_eq!(sb.lines("side"), ["a"]);

@@ -2,10 +2,12 @@
 //! in a temporary directory with its own journal.
 
 mod api;
+mod completions;
 mod core;
 mod errors;
 mod harness;
 mod journal;
 mod lifecycle;
+mod schema;
 mod shipped_workflows;
 mod ssh;

@@ -16,6 +16,7 @@ pub mod plan;
 pub mod pool;
 pub mod registry;
 pub mod report;
+pub mod schema;
 pub mod secrets;
 pub mod step;
 pub mod template;

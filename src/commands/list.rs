@@ -8,9 +8,17 @@ use flowrun_engine::loader::{self, LoadContext};
 use serde_json::Map;
 use std::path::Path;
 
-pub fn list() -> Result<ExitStatus, Error> {
-    let registry = registry();
+pub fn list(names_only: bool) -> Result<ExitStatus, Error> {
     let files = workflow_files();
+    if names_only {
+        for f in &files {
+            if let Some(stem) = f.file_stem() {
+                println!("{}", stem.to_string_lossy());
+            }
+        }
+        return Ok(ExitStatus::Success);
+    }
+    let registry = registry();
     if files.is_empty() {
         println!("no workflows in `{}`", workflows_dir().display());
     }

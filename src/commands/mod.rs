@@ -1,12 +1,14 @@
 //! One file per subcommand, each returning `Result<ExitStatus, Error>`;
 //! [`dispatch`] is the only place that knows them all.
 
+mod completions;
 mod graph;
 mod history;
 mod journal;
 mod list;
 mod plan;
 mod run;
+mod schema;
 mod steps;
 mod validate;
 
@@ -20,7 +22,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitStatus, Error> {
         Command::Plan(args) => plan::plan(&args.workflow, &args.common),
         Command::Validate(args) => validate::validate(&args.workflows, &args.common),
         Command::Graph(args) => graph::graph(&args.workflow, args.format, &args.common),
-        Command::List => list::list(),
+        Command::List(args) => list::list(args.names),
         Command::Steps(args) => steps::steps(args.name.as_deref()),
         Command::History(args) => history::history(&args.journal, args.workflow.as_deref(), args.limit),
         Command::Show(args) => history::show(&args.journal, &args.run_id),
@@ -31,5 +33,8 @@ pub fn dispatch(cli: Cli) -> Result<ExitStatus, Error> {
             args.host.as_deref(),
         ),
         Command::Journal(cmd) => journal::journal(cmd),
+        Command::Schema(args) => schema::schema(args.kind),
+        Command::Completions(args) => completions::completions(args.shell),
+        Command::Man => completions::man(),
     }
 }
