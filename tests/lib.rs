@@ -6,6 +6,7 @@ mod completions;
 mod core;
 mod errors;
 mod harness;
+mod jinja;
 mod lifecycle;
 mod schema;
 mod shipped_workflows;

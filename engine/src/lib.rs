@@ -8,6 +8,7 @@ pub mod diag;
 pub mod exec;
 pub mod host;
 pub mod inventory;
+pub mod jinja;
 pub mod journal;
 pub mod loader;
 pub mod model;
