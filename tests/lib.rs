@@ -4,6 +4,7 @@
 mod api;
 mod completions;
 mod core;
+mod dynamic_inventory;
 mod errors;
 mod harness;
 mod jinja;

@@ -1,7 +1,12 @@
 //! Inventories in the structure of Ansible's YAML inventory (`all`, `vars`,
 //! `children`, `hosts`), with `group_vars/` and `host_vars/` beside the file,
 //! Ansible's connection aliases, and host patterns (`all`, groups, hosts,
-//! globs, `:` union, `:&` intersection, `:!` exclusion).
+//! globs, `:` union, `:&` intersection, `:!` exclusion). Ansible's INI
+//! format, and its dynamic inventories (scripts and `ansible-inventory
+//! --list` JSON, in [`dynamic`]) load into the same model.
+
+mod dynamic;
+pub use dynamic::DEFAULT_TIMEOUT as SCRIPT_TIMEOUT;
 
 use crate::diag::{suggest, Diagnostic, Diagnostics, Source};
 use crate::host::{ConnSpec, Connection, Host, HostKeyPolicy, HostTable};
@@ -75,6 +80,14 @@ impl Inventory {
         } else {
             path.to_path_buf()
         };
+        let head = std::fs::File::open(&file).ok().and_then(|f| {
+            use std::io::Read as _;
+            let mut b = Vec::with_capacity(256);
+            f.take(256).read_to_end(&mut b).ok().map(|_| b)
+        });
+        if let Some(kind) = dynamic::kind(&file, head.as_deref()) {
+            return dynamic::load(&file, kind);
+        }
         let source = Source::read(&file)?;
         if is_ini(&file, &source.text) {
             return Self::load_ini(&file, &source);
@@ -637,6 +650,19 @@ fn check_group_conn_vars(src: &Arc<Source>, vars: &[(Key, Yaml)], errs: &mut Dia
     for (k, v) in vars {
         if let Err(what) = apply_conn(&mut scratch, &k.name, &v.to_json()) {
             errs.push(Diagnostic::at(src, v.pos, format!("`{}` must be {what}", k.name)));
+        }
+    }
+}
+
+/// [`check_group_conn_vars`] for group vars that came as JSON (dynamic inventories).
+fn check_group_conn_vars_json(path: &Path, group: &str, vars: &Map<String, Value>, errs: &mut Diagnostics) {
+    let mut scratch = HostEntry::default();
+    for (k, v) in vars {
+        if let Err(what) = apply_conn(&mut scratch, k, v) {
+            errs.push(Diagnostic::in_file(
+                path,
+                format!("group `{group}`: `{k}` must be {what}"),
+            ));
         }
     }
 }
