@@ -10,5 +10,6 @@ mod harness;
 mod jinja;
 mod lifecycle;
 mod schema;
+mod secrets;
 mod shipped_workflows;
 mod ssh;

@@ -8,7 +8,7 @@
 
 use crate::diag::{did_you_mean, suggest, Diagnostic, Diagnostics, Pos, Source};
 use crate::inventory::Inventory;
-use crate::model::{parse_duration, Retry, SecretDef, SecretSource, StepDef, Workflow};
+use crate::model::{parse_duration, Retry, SecretDef, StepDef, Workflow};
 use crate::registry::Registry;
 use crate::step::{KindInfo, ParamType};
 use crate::template::{self, Templates};
@@ -410,38 +410,7 @@ fn str_list(src: &Source, v: &Yaml, what: &str, errs: &mut Diagnostics) -> Vec<(
 }
 
 fn parse_secret(src: &Source, k: &Key, v: &Yaml, errs: &mut Diagnostics) -> Option<SecretDef> {
-    const VALID: &[&str] = &["env", "file", "command"];
-    let entries = v.as_map().filter(|m| m.len() == 1);
-    let Some([(sk, sv)]) = entries else {
-        errs.push(
-            Diagnostic::at(src, v.pos, format!("secret `{}` needs exactly one source", k.name))
-                .help("write `{ env: VAR }`, `{ file: PATH }` or `{ command: \"...\" }`"),
-        );
-        return None;
-    };
-    let Some(text) = sv.scalar_text() else {
-        errs.push(Diagnostic::at(
-            src,
-            sv.pos,
-            format!("the `{}` of secret `{}` must be a string", sk.name, k.name),
-        ));
-        return None;
-    };
-    let source = match sk.name.as_str() {
-        "env" => SecretSource::Env(text),
-        "file" => SecretSource::File(crate::paths::expand_home(&text)),
-        "command" => SecretSource::Command(text),
-        _ => {
-            errs.push(unknown_key(src, sk, &format!("secret `{}`", k.name), VALID));
-            return None;
-        }
-    };
-    Some(SecretDef {
-        name: k.name.clone(),
-        source,
-        file: src.path.clone(),
-        pos: k.pos,
-    })
+    crate::secrets::parse_def(src, k, v, errs)
 }
 
 fn parse_step(
