@@ -9,6 +9,7 @@ mod errors;
 mod harness;
 mod jinja;
 mod lifecycle;
+mod progress;
 mod schema;
 mod secrets;
 mod shipped_workflows;
