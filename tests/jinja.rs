@@ -131,3 +131,33 @@ fn an_undefined_variable_names_the_file_line_and_variable() {
     ran.stdout_has("config.toml.j2:3: undefined variable `r.nmae`");
     assert!(!sb.exists("config.toml"), "nothing written");
 }
+
+/// Template files are checked when the workflow loads, `.j2` and `.hbs`
+/// alike: a typo fails `validate` (exit 2) naming the variable, the file and
+/// line, and the `src` that names the file; nothing runs.
+#[test]
+fn template_files_are_checked_at_load_time() {
+    let sb = sandbox();
+    sb.write(
+        "templates/config.toml.j2",
+        "concurrent = {{ gitlab_runner_concurrent }}\n{% for r in gitlab_runner_runners %}\nurl = {{ gitlab_ulr | to_json }}\n{% endfor %}\n",
+    );
+    let ran = sb.run(&["validate", "wf.yml", "-i", "hosts.yml"], 2);
+    ran.stderr_has("undefined variable `gitlab_ulr` (did you mean `gitlab_url`?), in template `templates/config.toml.j2:3` of step `config`")
+        .stderr_has("wf.yml:10:");
+    sb.run(&["run", "wf.yml", "-i", "hosts.yml"], 2);
+    assert!(!sb.exists("config.toml"), "nothing ran");
+
+    sb.write("templates/config.toml.j2", "{% if gitlab_url %}\nunclosed\n");
+    sb.run(&["validate", "wf.yml", "-i", "hosts.yml"], 2)
+        .stderr_has("template of step `config`: templates/config.toml.j2:");
+
+    // A step output the step does not `need`, in a handlebars file.
+    sb.write("templates/motd.hbs", "token {{steps.token.outputs.stdout}}\n");
+    sb.write(
+        "wf2.yml",
+        "steps:\n  - id: token\n    uses: command\n    with: { argv: [true] }\n  - id: motd\n    uses: template\n    with: { src: templates/motd.hbs, dest: \"$DIR/motd\" }\n",
+    );
+    sb.run(&["validate", "wf2.yml"], 2)
+        .stderr_has("step `motd` does not need `token` (add it to `needs`), in template `templates/motd.hbs:1`");
+}

@@ -49,9 +49,10 @@ pub fn render(name: &str, text: &str, vars: &Value) -> Result<String, TemplateEr
         .map_err(|e| describe(name, text, &e, Some(vars)))
 }
 
-/// The variables a template reads from its context (dotted paths such as
+/// The variables a template needs from its context (dotted paths such as
 /// `steps.vm.outputs.ip`), without those it sets itself (`set`, loop
-/// variables, macros). A syntax error is an error with the line.
+/// variables, macros) and those it guards (`x | default(...)`, `x is
+/// defined`: asked for, not required). A syntax error is an error with the line.
 pub fn references(name: &str, text: &str) -> Result<Vec<VarRef>, TemplateError> {
     let env = env();
     let tpl = env
@@ -62,10 +63,21 @@ pub fn references(name: &str, text: &str) -> Result<Vec<VarRef>, TemplateError> 
         .into_iter()
         // Globals of the environment (`range`, `namespace`, ...) are not variables.
         .filter(|n| env.globals().all(|(g, _)| g != n.split('.').next().unwrap_or_default()))
+        .filter(|n| !guarded(text, n))
         .map(|n| VarRef {
             path: n.split('.').map(str::to_owned).collect(),
         })
         .collect())
+}
+
+/// Whether the template asks whether `path` is there rather than needing
+/// it: some use of it goes through `default`/`d` or an `is defined` test.
+fn guarded(text: &str, path: &str) -> bool {
+    let pattern = format!(
+        r"(?:^|[^\w.]){}(?:\.[A-Za-z_]\w*)*\s*(?:\|\s*(?:default|d)\b|is\s+(?:not\s+)?(?:defined|undefined|none)\b)",
+        regex::escape(path)
+    );
+    regex::Regex::new(&pattern).is_ok_and(|re| re.is_match(text))
 }
 
 /// `NAME:LINE: what went wrong`, naming the undefined variable when one is.
@@ -219,5 +231,12 @@ mod tests {
         .unwrap();
         let names: Vec<String> = refs.iter().map(|r| r.path.join(".")).collect();
         assert_eq!(names, ["host.name", "runners", "steps.vm.outputs.ip"]);
+        let refs = references(
+            "t.j2",
+            "{{ a | default(1) }}{{ b.c | d('x') }}{% if e is defined %}{{ e }}{% endif %}{{ f }}",
+        )
+        .unwrap();
+        let names: Vec<String> = refs.iter().map(|r| r.path.join(".")).collect();
+        assert_eq!(names, ["f"], "guarded variables are not required");
     }
 }

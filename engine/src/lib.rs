@@ -21,5 +21,6 @@ pub mod schema;
 pub mod secrets;
 pub mod step;
 pub mod template;
+pub mod template_files;
 pub mod transport;
 pub mod yaml;

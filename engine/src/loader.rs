@@ -1036,6 +1036,48 @@ fn check_templates(def: &StepDef, src: &Source, node: &Yaml, known: &KnownVars, 
         extra.extend_from_slice(item);
         check(until, "`retry.until`", &extra);
     }
+    check_template_file(def, src, node, known, handler, item, errs);
+}
+
+/// The variables a step's template file reads (`template`'s `src`), checked
+/// like those of its parameters; errors point at `src` and name the file's line.
+fn check_template_file(
+    def: &StepDef,
+    src: &Source,
+    node: &Yaml,
+    known: &KnownVars,
+    handler: bool,
+    item: &[&str],
+    errs: &mut Diagnostics,
+) {
+    use crate::template_files::{check, Checked, TEMPLATE_FILE_PARAMS};
+    let Some((_, param)) = TEMPLATE_FILE_PARAMS.iter().find(|(k, _)| *k == def.kind_name()) else {
+        return;
+    };
+    let Some(v) = node.get("with").and_then(|w| w.get(param)) else {
+        return;
+    };
+    let Some(file) = v.as_str() else { return };
+    match check(&def.dir, file) {
+        Checked::Skipped => {}
+        Checked::Invalid(e) => errs.push(Diagnostic::at(
+            src,
+            v.pos,
+            format!("template of step `{}`: {}", def.id, e.message),
+        )),
+        Checked::Refs(refs) => {
+            for r in refs {
+                if let Some(problem) = known.problem(&r.var.path, def, handler, item) {
+                    let at = r.line.map_or_else(|| file.to_owned(), |l| format!("{file}:{l}"));
+                    errs.push(Diagnostic::at(
+                        src,
+                        v.pos,
+                        format!("{problem}, in template `{at}` of step `{}`", def.id),
+                    ));
+                }
+            }
+        }
+    }
 }
 
 fn visit_strings(v: &Yaml, f: &mut dyn FnMut(&str, Pos)) {
