@@ -271,3 +271,22 @@ fn diffs_are_coloured_on_a_terminal_unless_no_color() {
         }
     }
 }
+
+/// More hosts than bars fit: one bar sums them, and the screen never
+/// holds more than that one.
+#[test]
+fn many_hosts_share_one_bar() {
+    let sb = sandbox();
+    let hosts: String = (1..=14)
+        .map(|i| format!("    h{i:02}: {{ connection: local }}\n"))
+        .collect();
+    sb.write("hosts.yml", &format!("all:\n  hosts:\n{hosts}"));
+    let t = Tmux::start(&sb, &command(&sb, ""));
+    let during = t.wait_for("the summary bar", |s| s.contains("running; longest: wait-gate"));
+    let bars: Vec<&str> = during.lines().filter(|l| l.contains("/42")).collect();
+    assert_eq!(bars.len(), 1, "{during}");
+    assert!(bars[0].starts_with("14 hosts ["), "{during}");
+    std::fs::write(sb.path("gate"), "").unwrap();
+    let after = t.wait_for("the end of the run", |s| s.contains("EXIT="));
+    assert!(after.contains("EXIT=0") && !after.contains("/42"), "{after}");
+}

@@ -19,6 +19,9 @@ pub fn wanted() -> bool {
     std::io::stderr().is_terminal() && !ci && !dumb
 }
 
+/// Hosts shown with a bar each; more share one bar.
+pub const MAX_BARS: usize = 12;
+
 #[derive(Default)]
 struct HostState {
     /// Running instances: label (step, item) and when it started.
@@ -30,6 +33,8 @@ struct HostState {
 struct Inner {
     multi: MultiProgress,
     bars: HashMap<String, ProgressBar>,
+    /// One bar for all hosts.
+    summary: bool,
     hosts: Mutex<HashMap<String, HostState>>,
     stop: AtomicBool,
 }
@@ -41,16 +46,23 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Bars for these hosts, each with its number of steps.
+    /// Bars for these hosts, each with its number of steps. Past
+    /// [`MAX_BARS`] hosts one bar sums them all (more bars than a terminal
+    /// has rows would scroll and garble).
     pub fn new(hosts: &[(String, u64)]) -> Self {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10));
-        let width = hosts.iter().map(|(h, _)| h.chars().count()).max().unwrap_or(4).min(30);
+        let summary = (hosts.len() > MAX_BARS).then(|| {
+            let total: u64 = hosts.iter().map(|(_, n)| n).sum();
+            (format!("{} hosts", hosts.len()), total)
+        });
+        let shown: Vec<(String, u64)> = summary.clone().map_or_else(|| hosts.to_vec(), |s| vec![s]);
+        let width = shown.iter().map(|(h, _)| h.chars().count()).max().unwrap_or(4).min(30);
         let style = ProgressStyle::with_template(&format!(
             "{{prefix:<{width}.bold}} [{{bar:24.cyan/blue}}] {{pos:>3}}/{{len:<3}} {{msg}}"
         ))
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
-        let bars = hosts
+        let bars = shown
             .iter()
             .map(|(h, total)| {
                 let b = multi.add(
@@ -65,6 +77,7 @@ impl Progress {
         let inner = Arc::new(Inner {
             multi,
             bars,
+            summary: summary.is_some(),
             hosts: Mutex::new(HashMap::new()),
             stop: AtomicBool::new(false),
         });
@@ -143,6 +156,14 @@ impl Inner {
 
     fn refresh(&self) {
         let hosts = self.lock();
+        if self.summary {
+            if let Some(bar) = self.bars.values().next() {
+                let done: usize = hosts.values().map(|h| h.done.len()).sum();
+                bar.set_position(u64::try_from(done).unwrap_or(0).min(bar.length().unwrap_or(u64::MAX)));
+                bar.set_message(summary_message(&hosts));
+            }
+            return;
+        }
         for (name, bar) in &self.bars {
             let Some(st) = hosts.get(name) else { continue };
             bar.set_position(
@@ -155,6 +176,31 @@ impl Inner {
     }
 }
 
+/// What all hosts do now: how many instances run, and the longest-running one.
+fn summary_message(hosts: &HashMap<String, HostState>) -> String {
+    let running: usize = hosts.values().map(|h| h.running.len()).sum();
+    let longest = hosts
+        .iter()
+        .flat_map(|(h, st)| st.running.iter().map(move |(_, l, t)| (h, l, t)))
+        .min_by_key(|(_, _, t)| **t);
+    match longest {
+        None => "waiting".into(),
+        Some((host, label, since)) => {
+            let label: String = label.chars().take(40).collect();
+            format!("{running} running; longest: {label} [{host}] {}", elapsed(*since))
+        }
+    }
+}
+
+fn elapsed(since: Instant) -> String {
+    let secs = since.elapsed().as_secs();
+    if secs >= 60 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
 /// What a host does now: its longest-running instance and how long it runs.
 fn message(st: &HostState) -> String {
     let Some((_, label, since)) = st.running.iter().min_by_key(|(_, _, t)| *t) else {
@@ -164,16 +210,10 @@ fn message(st: &HostState) -> String {
             "idle".into()
         };
     };
-    let secs = since.elapsed().as_secs();
-    let elapsed = if secs >= 60 {
-        format!("{}m{:02}s", secs / 60, secs % 60)
-    } else {
-        format!("{secs}s")
-    };
     let more = st.running.len() - 1;
     let mut label: String = label.chars().take(48).collect();
     if more > 0 {
         label.push_str(&format!(" (+{more})"));
     }
-    format!("{label} {elapsed}")
+    format!("{label} {}", elapsed(*since))
 }
