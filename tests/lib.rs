@@ -4,10 +4,14 @@
 mod api;
 mod completions;
 mod core;
+mod dynamic_inventory;
 mod errors;
 mod harness;
+mod jinja;
 mod journal;
 mod lifecycle;
+mod progress;
 mod schema;
+mod secrets;
 mod shipped_workflows;
 mod ssh;
