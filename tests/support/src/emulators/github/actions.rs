@@ -59,13 +59,18 @@ fn registration(state: &mut State, req: &Request) -> Result<Reply, Reply> {
         return Err(msg(404, "Not Found"));
     }
     let suffix = format!("/{repo}");
-    if !url.trim_end_matches('/').to_ascii_lowercase().ends_with(&suffix.to_ascii_lowercase()) {
+    if !url
+        .trim_end_matches('/')
+        .to_ascii_lowercase()
+        .ends_with(&suffix.to_ascii_lowercase())
+    {
         return Err(msg(404, "Not Found"));
     }
     let tenant = format!("ts_{}", crate::emulators::random_hex(32));
-    state
-        .tenant_tokens
-        .insert(tenant.clone(), (repo.clone(), crate::emulators::now_secs() + TOKEN_LIFETIME));
+    state.tenant_tokens.insert(
+        tenant.clone(),
+        (repo.clone(), crate::emulators::now_secs() + TOKEN_LIFETIME),
+    );
     let host = req.header("host").unwrap_or("127.0.0.1");
     Ok(Reply::json(
         200,
@@ -160,7 +165,10 @@ fn runner_api(state: &mut State, req: &Request, repo: &str, rest: &[&str]) -> Re
             let r = state.runners.get_mut(&id).expect("found above");
             r.session = Some(s.clone());
             r.last_contact = Some(Instant::now());
-            Ok(Reply::json(200, &json!({"sessionId": s, "agent": {"id": id, "name": r.name}})))
+            Ok(Reply::json(
+                200,
+                &json!({"sessionId": s, "agent": {"id": id, "name": r.name}}),
+            ))
         }
         ("DELETE", ["sessions", s]) => {
             let r = state.runners.get_mut(&id).expect("found above");
@@ -204,7 +212,9 @@ fn next_job(state: &mut State, id: u64) -> Option<Value> {
     let job = state.jobs.iter_mut().find(|j| {
         j.status == "queued"
             && j.repo == repo
-            && j.labels.iter().all(|l| labels.iter().any(|x| x.eq_ignore_ascii_case(l)))
+            && j.labels
+                .iter()
+                .all(|l| labels.iter().any(|x| x.eq_ignore_ascii_case(l)))
     })?;
     job.status = "in_progress".into();
     job.runner = Some(name);

@@ -68,7 +68,11 @@ pub(super) fn route(state: &Mutex<State>, req: &Request, segs: &[&str]) -> Resul
         ("POST", [kind @ ("registration-token" | "remove-token")]) => {
             let token = format!("A{}", crate::emulators::random_hex(28).to_ascii_uppercase());
             let expires = crate::emulators::now_secs() + TOKEN_LIFETIME;
-            let kind = if *kind == "registration-token" { "registration" } else { "remove" };
+            let kind = if *kind == "registration-token" {
+                "registration"
+            } else {
+                "remove"
+            };
             state.runner_tokens.insert(token.clone(), (repo, kind, expires));
             Ok(Reply::json(
                 201,
@@ -87,7 +91,10 @@ pub(super) fn route(state: &Mutex<State>, req: &Request, segs: &[&str]) -> Resul
                 ("DELETE", []) => {
                     if state.view(&state.runners[&id]).busy {
                         let name = &state.runners[&id].name;
-                        return Err(msg(422, &format!("Bad request - Runner \"{name}\" is still running a job")));
+                        return Err(msg(
+                            422,
+                            &format!("Bad request - Runner \"{name}\" is still running a job"),
+                        ));
                     }
                     state.remove_runner(id);
                     Ok(Reply::empty(204))
@@ -135,9 +142,13 @@ fn list(state: &State, req: &Request, repo: &str) -> Reply {
         let prefix = req.path.find("/repos/").map_or("", |i| &req.path[..i]);
         let scheme = state.scheme;
         let link = |p: usize, rel: &str| {
-            let mut url = format!("{scheme}://{host}{prefix}/repos/{repo}/actions/runners?per_page={per_page}&page={p}");
+            let mut url =
+                format!("{scheme}://{host}{prefix}/repos/{repo}/actions/runners?per_page={per_page}&page={p}");
             if let Some(n) = name {
-                url.push_str(&format!("&name={}", form_urlencoded::byte_serialize(n.as_bytes()).collect::<String>()));
+                url.push_str(&format!(
+                    "&name={}",
+                    form_urlencoded::byte_serialize(n.as_bytes()).collect::<String>()
+                ));
             }
             format!("<{url}>; rel=\"{rel}\"")
         };
@@ -211,7 +222,9 @@ fn labels(state: &mut State, req: &Request, id: u64, rest: &[&str]) -> Result<Re
         ("DELETE", []) => runner.labels = builtin,
         ("DELETE", [name]) => {
             let before = runner.labels.len();
-            runner.labels.retain(|l| !(l.eq_ignore_ascii_case(name) && label_type(l) == "custom"));
+            runner
+                .labels
+                .retain(|l| !(l.eq_ignore_ascii_case(name) && label_type(l) == "custom"));
             if runner.labels.len() == before {
                 return Err(msg(404, "Not Found"));
             }
