@@ -9,6 +9,8 @@
 //!   registration token never leaves the step.
 //! - `select`: the health gate: the first healthy of the `candidates`, in
 //!   role order (see [`select`]).
+//! - `health`: every candidate judged as `select` judges them, none chosen,
+//!   never a failure (for monitoring).
 //!
 //! Not journaled by default (tokens expire within an hour; status is only
 //! worth fresh); `configured` is journaled by the workflows that use it.
@@ -27,7 +29,7 @@ use serde_json::{json, Map, Value};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-const STATES: &[&str] = &["token", "present", "absent", "configured", "select"];
+const STATES: &[&str] = &["token", "present", "absent", "configured", "select", "health"];
 
 static INFO: KindInfo = KindInfo {
     name: "github_runner",
@@ -50,7 +52,7 @@ static INFO: KindInfo = KindInfo {
         ParamSpec::opt(
             "state",
             ParamType::Enum(STATES),
-            "token, present (default, read-only), absent, configured or select",
+            "token, present (default, read-only), absent, configured, select or health",
         ),
         ParamSpec::opt(
             "labels",
@@ -82,13 +84,13 @@ static INFO: KindInfo = KindInfo {
         ParamSpec::opt(
             "candidates",
             ParamType::Any,
-            "`select`: the candidate runners, e.g. `steps.PROBE.hosts` of a `probe` whose `facts` give \
+            "`select`, `health`: the candidate runners, e.g. `steps.PROBE.hosts` of a `probe` whose `facts` give \
              name, role, labels, authorized_for_prod and whose `values` give service_active, free_disk",
         ),
         ParamSpec::opt(
             "min_free_disk",
             ParamType::Str,
-            "`select`: free disk a candidate needs, e.g. `2G`, `500M` or bytes (default 1G)",
+            "`select`, `health`: free disk a candidate needs, e.g. `2G`, `500M` or bytes (default 1G)",
         ),
         ParamSpec::opt(
             "busy_wait",
@@ -123,6 +125,8 @@ static INFO: KindInfo = KindInfo {
         "role",
         "failover",
         "reasons",
+        "candidates",
+        "healthy",
     ],
     secret_outputs: &["registration_token"],
     journal: false,
@@ -178,7 +182,7 @@ impl StepKind for GithubRunnerKind {
         let labels = split_labels(p.str_list("labels")?);
         let kind = match state.as_str() {
             "configured" => Mode::Configured(configure::Configure::from_params(&p, &gh, labels.clone())?),
-            "select" => Mode::Select(select::Select::from_params(&p)?),
+            "select" | "health" => Mode::Select(select::Select::from_params(&p)?),
             _ => Mode::Api,
         };
         Ok(Box::new(GithubRunner {
@@ -252,6 +256,7 @@ impl Step for GithubRunner {
         let api = self.gh.client(cx)?;
         match &self.kind {
             Mode::Configured(c) => return c.check(&self.gh, api, cx).await,
+            Mode::Select(s) if self.state == "health" => return s.health(&self.gh, api).await,
             Mode::Select(s) => return s.check(&self.gh, api, cx).await,
             Mode::Api => {}
         }

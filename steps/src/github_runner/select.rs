@@ -280,6 +280,35 @@ impl Select {
         }))
     }
 
+    /// `state: health`: every candidate judged, none chosen, never a failure
+    /// (for monitoring: which runners could take a production deploy now).
+    pub async fn health(&self, gh: &Gh, api: &ApiClient) -> Result<Check, StepError> {
+        let runners = gh.runners(api, None).await?;
+        let list: Vec<Value> = self
+            .candidates
+            .iter()
+            .map(|c| {
+                let remote = runners.iter().find(|r| {
+                    r.get("name").and_then(Value::as_str).is_some_and(|n| n.eq_ignore_ascii_case(&c.name))
+                });
+                let why = c.reasons(remote, self.min_free);
+                let field = |k: &str| remote.and_then(|r| r.get(k)).cloned().unwrap_or(Value::Null);
+                json!({
+                    "runner": c.runner, "name": c.name, "role": c.role, "healthy": why.is_empty(),
+                    "reasons": why, "online": field("status") == json!("online"),
+                    "busy": field("busy") == json!(true), "registered": remote.is_some(),
+                    "reachable": c.reachable, "service_active": c.service_active == Some(true),
+                    "free_disk": c.free_disk, "authorized_for_prod": c.authorized,
+                })
+            })
+            .collect();
+        let mut o = super::blank();
+        o.insert("healthy".into(), json!(list.iter().filter(|c| c["healthy"] == json!(true)).count()));
+        o.insert("candidates".into(), Value::Array(list));
+        o.insert("runners".into(), Value::Array(runners));
+        Ok(Check::InSync(o))
+    }
+
     fn outputs(&self, c: &Candidate, rejected: Vec<String>, runners: Vec<Value>) -> Outputs {
         let mut o = super::blank();
         o.insert("runner".into(), json!(c.runner));
