@@ -4,6 +4,7 @@
 mod api;
 mod core;
 mod errors;
+mod github_runners;
 mod github_standin;
 mod harness;
 mod lifecycle;

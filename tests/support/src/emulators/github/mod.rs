@@ -412,6 +412,11 @@ impl GitHubEmulator {
         self.requests().into_iter().filter(Recorded::is_write).collect()
     }
 
+    /// Every registration and remove token handed out so far (to look for leaks).
+    pub fn issued_runner_tokens(&self) -> Vec<String> {
+        lock(&self.state).runner_tokens.keys().cloned().collect()
+    }
+
     /// How many registration tokens were handed out since the last [`Self::clear_requests`].
     pub fn registration_tokens_issued(&self) -> usize {
         self.requests()
