@@ -141,16 +141,32 @@ fn provision_registers_both_runners_once_and_never_exposes_the_token() {
             (
                 "lab-gh-primary".into(),
                 "online".into(),
-                ["self-hosted", "Linux", "X64", "production", "primary", "lab-gh-primary", "lab"]
-                    .map(String::from)
-                    .to_vec()
+                [
+                    "self-hosted",
+                    "Linux",
+                    "X64",
+                    "production",
+                    "primary",
+                    "lab-gh-primary",
+                    "lab"
+                ]
+                .map(String::from)
+                .to_vec()
             ),
             (
                 "lab-gh-secondary".into(),
                 "online".into(),
-                ["self-hosted", "Linux", "X64", "production", "secondary", "lab-gh-secondary", "lab"]
-                    .map(String::from)
-                    .to_vec()
+                [
+                    "self-hosted",
+                    "Linux",
+                    "X64",
+                    "production",
+                    "secondary",
+                    "lab-gh-secondary",
+                    "lab"
+                ]
+                .map(String::from)
+                .to_vec()
             ),
         ]
     );
@@ -165,7 +181,10 @@ fn provision_registers_both_runners_once_and_never_exposes_the_token() {
         )
         .unwrap();
     assert!(on_host.contains("\"agentName\": \"lab-gh-primary\""), "{on_host}");
-    assert!(on_host.contains("actions.runner.flowrun-lab-app.lab-gh-primary.service"), "{on_host}");
+    assert!(
+        on_host.contains("actions.runner.flowrun-lab-app.lab-gh-primary.service"),
+        "{on_host}"
+    );
     assert!(on_host.trim_end().ends_with("actions-runner"), "{on_host}");
 
     // The token never in any process's argv (sampled while config.sh ran), nor in the journal.
@@ -174,7 +193,10 @@ fn provision_registers_both_runners_once_and_never_exposes_the_token() {
         "the sampler never saw config.sh run"
     );
     for t in lab.github.issued_runner_tokens() {
-        assert!(!argvs.iter().any(|a| a.contains(&t)), "a registration token was in an argv");
+        assert!(
+            !argvs.iter().any(|a| a.contains(&t)),
+            "a registration token was in an argv"
+        );
     }
     let journal = String::from_utf8_lossy(&std::fs::read(lab.journal()).unwrap()).into_owned();
     assert_no_secret(&lab, &journal, "the journal");
@@ -187,4 +209,172 @@ fn provision_registers_both_runners_once_and_never_exposes_the_token() {
     }
     assert!(lab.github.requests().is_empty(), "{:?}", lab.github.requests());
     assert_eq!(lab.github.registration_tokens_issued(), 0);
+}
+
+/// The JUnit testcases of a report that failed, as `name [host]`... as they are named.
+pub fn junit_failures(report: &str) -> Vec<String> {
+    report
+        .split("<testcase")
+        .skip(1)
+        .filter(|t| t.contains("<failure"))
+        .filter_map(|t| {
+            t.split("name=\"")
+                .nth(1)
+                .and_then(|n| n.split('"').next())
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// The gate and the validation: the primary while healthy; its service
+/// stopped (offline in GitHub) or its host down: the secondary, saying why,
+/// and validation failing on the primary's checks; nothing healthy: exit 1
+/// with one reason per candidate.
+#[test]
+fn gate_prefers_the_primary_fails_over_and_validation_names_the_broken_runner() {
+    if !crate::harness::is_root() {
+        eprintln!("skipped: the lab needs root (mount namespaces and overlays)");
+        return;
+    }
+    let _one = LAB_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().unwrap();
+    let lab = start_lab(dir.path());
+    provision(&lab);
+    let (select, validate) = (wf("select-github-runner"), wf("validate-github-runner"));
+    let junit = dir.path().join("validate.xml");
+    let metrics = dir.path().join("github-runners.prom");
+    let validate_args = [
+        "run",
+        validate.as_str(),
+        "--junit",
+        junit.to_str().unwrap(),
+        "-e",
+        &format!("github_metrics_file={}", metrics.display()),
+    ];
+
+    // Healthy: validation passes, the metrics say so, the gate takes the primary.
+    let (code, out) = flowrun(&lab, &validate_args);
+    assert_eq!(code, 0, "{out}");
+    let report = std::fs::read_to_string(&junit).unwrap();
+    assert!(junit_failures(&report).is_empty(), "{report}");
+    for check in [
+        "runner-online",
+        "runner-labels",
+        "runner-service-active",
+        "node-exporter-metrics",
+    ] {
+        assert_eq!(
+            report.matches(&format!("name=\"{check}")).count(),
+            2,
+            "{check}: {report}"
+        );
+    }
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        prom.contains("github_runner_online{runner=\"lab-gh-primary\",role=\"primary\"} 1"),
+        "{prom}"
+    );
+    assert!(
+        prom.contains("github_runner_healthy{runner=\"lab-gh-secondary\",role=\"secondary\"} 1"),
+        "{prom}"
+    );
+    let gh_output = dir.path().join("github_output");
+    std::fs::write(&gh_output, "").unwrap();
+    let out = lab
+        .flowrun(Path::new(env!("CARGO_BIN_EXE_flowrun")), &["run", &select])
+        .env("GITHUB_OUTPUT", &gh_output)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("select-runner - chose lab-gh-primary (primary) (label `lab-gh-primary`)"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&gh_output).unwrap(),
+        "runner=lab-gh-primary\nlabel=lab-gh-primary\nrole=primary\nfailover=false\n"
+    );
+
+    // The primary's runner service stops: GitHub shows it offline a few seconds later.
+    lab.run_on("primary", "service actions.runner.flowrun-lab-app.lab-gh-primary stop")
+        .unwrap();
+    wait_until("the primary is offline in GitHub", Duration::from_secs(20), || {
+        lab.github.runner_by_name("lab-gh-primary").unwrap().status == "offline"
+    });
+    let (code, out) = flowrun(&lab, &["run", &select]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("chose lab-gh-secondary (secondary) (label `lab-gh-secondary`)"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "rejected lab-gh-primary (primary): offline in GitHub; runner service \
+             `actions.runner.flowrun-lab-app.lab-gh-primary` is not active"
+        ),
+        "{out}"
+    );
+    let (code, out) = flowrun(&lab, &validate_args);
+    assert_eq!(code, 1, "{out}");
+    let report = std::fs::read_to_string(&junit).unwrap();
+    let mut failed = junit_failures(&report);
+    failed.sort();
+    assert!(
+        failed.iter().all(|f| f.contains("lab-gh-primary")) && failed.len() == 2,
+        "{failed:?}\n{report}"
+    );
+    assert!(
+        out.contains("GitHub reports runner `lab-gh-primary` (primary) as `offline`"),
+        "{out}"
+    );
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        prom.contains("github_runner_online{runner=\"lab-gh-primary\",role=\"primary\"} 0"),
+        "{prom}"
+    );
+    assert!(
+        prom.contains("github_runner_service_active{runner=\"lab-gh-primary\",role=\"primary\"} 0"),
+        "{prom}"
+    );
+
+    // The primary's host is down altogether: a reason, not a failure of the gate.
+    lab.power("primary", false).unwrap();
+    let (code, out) = flowrun(&lab, &["run", &select]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("rejected lab-gh-primary (primary): offline in GitHub; not reachable over SSH"),
+        "{out}"
+    );
+
+    // Nothing healthy: exit 1, one line per candidate.
+    lab.run_on(
+        "secondary",
+        "service actions.runner.flowrun-lab-app.lab-gh-secondary stop",
+    )
+    .unwrap();
+    wait_until("the secondary is offline in GitHub", Duration::from_secs(20), || {
+        lab.github.runner_by_name("lab-gh-secondary").unwrap().status == "offline"
+    });
+    let (code, out) = flowrun(&lab, &["run", &select]);
+    assert_eq!(code, 1, "{out}");
+    let reasons: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.contains("no healthy runner for production:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("    "))
+        .collect();
+    assert_eq!(reasons.len(), 2, "{out}");
+    assert!(
+        reasons[0]
+            .trim_start()
+            .starts_with("lab-gh-primary (primary): offline in GitHub; not reachable over SSH"),
+        "{out}"
+    );
+    assert!(
+        reasons[1]
+            .trim_start()
+            .starts_with("lab-gh-secondary (secondary): offline in GitHub; runner service"),
+        "{out}"
+    );
 }

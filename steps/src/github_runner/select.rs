@@ -123,12 +123,6 @@ impl Candidate {
         if !self.authorized {
             why.push("not authorized for production (`authorized_for_prod` is false)".into());
         }
-        if !self.reachable {
-            why.push(format!(
-                "not reachable over SSH ({})",
-                self.error.as_deref().unwrap_or("no answer")
-            ));
-        }
         match remote {
             None => why.push(format!("GitHub has no runner named `{}`", self.name)),
             Some(r) => {
@@ -149,7 +143,12 @@ impl Candidate {
                 }
             }
         }
-        if self.reachable {
+        if !self.reachable {
+            why.push(format!(
+                "not reachable over SSH ({})",
+                self.error.as_deref().unwrap_or("no answer")
+            ));
+        } else {
             let svc = self.service.as_deref().unwrap_or("the runner service");
             match self.service_active {
                 Some(true) => {}
@@ -289,7 +288,9 @@ impl Select {
             .iter()
             .map(|c| {
                 let remote = runners.iter().find(|r| {
-                    r.get("name").and_then(Value::as_str).is_some_and(|n| n.eq_ignore_ascii_case(&c.name))
+                    r.get("name")
+                        .and_then(Value::as_str)
+                        .is_some_and(|n| n.eq_ignore_ascii_case(&c.name))
                 });
                 let why = c.reasons(remote, self.min_free);
                 let field = |k: &str| remote.and_then(|r| r.get(k)).cloned().unwrap_or(Value::Null);
@@ -303,7 +304,10 @@ impl Select {
             })
             .collect();
         let mut o = super::blank();
-        o.insert("healthy".into(), json!(list.iter().filter(|c| c["healthy"] == json!(true)).count()));
+        o.insert(
+            "healthy".into(),
+            json!(list.iter().filter(|c| c["healthy"] == json!(true)).count()),
+        );
         o.insert("candidates".into(), Value::Array(list));
         o.insert("runners".into(), Value::Array(runners));
         Ok(Check::InSync(o))

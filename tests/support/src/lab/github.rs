@@ -104,7 +104,14 @@ impl GithubLab {
         let release_sha256 = std::fs::read_to_string(format!("{tarball}.sha256"))?.trim().to_owned();
         let port = free_port("127.0.0.1")?;
         let file_server = Command::new("python3")
-            .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory"])
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+                "--directory",
+            ])
             .arg(&files)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -157,7 +164,9 @@ impl GithubLab {
             file_server,
             runtime,
         };
-        let tarball_name = Path::new(&tarball).file_name().map(|n| n.to_string_lossy().into_owned());
+        let tarball_name = Path::new(&tarball)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
         lab.write_inventory(&project, port, ssh_port, &tarball_name.unwrap_or_default())?;
         for (v, broken) in [("1.0.0", false), ("2.0.0", false), ("3.0.0", true)] {
             lab.build_app_release(v, broken)?;
@@ -214,7 +223,11 @@ impl GithubLab {
             "app_port": APP_PORT,
             "node_exporter_port": NODE_EXPORTER_PORT,
         });
-        write(&inv.join("group_vars/all.yml"), &serde_json::to_string_pretty(&all)?, 0o644)?;
+        write(
+            &inv.join("group_vars/all.yml"),
+            &serde_json::to_string_pretty(&all)?,
+            0o644,
+        )?;
         for r in &self.runners {
             let hv = json!({
                 "address": r.ip.to_string(),
@@ -281,7 +294,10 @@ impl GithubLab {
     pub fn power(&self, runner: &str, on: bool) -> io::Result<()> {
         let r = self.runner(runner);
         if on {
-            self.backend.start(r.vmid, &r.name).map(|_| ()).map_err(io::Error::other)
+            self.backend
+                .start(r.vmid, &r.name)
+                .map(|_| ())
+                .map_err(io::Error::other)
         } else {
             self.backend.stop(r.vmid);
             Ok(())
