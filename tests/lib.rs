@@ -2,11 +2,13 @@
 //! in a temporary directory with its own journal.
 
 mod api;
+mod completions;
 mod core;
 mod errors;
 mod github_runners;
 mod github_standin;
 mod harness;
 mod lifecycle;
+mod schema;
 mod shipped_workflows;
 mod ssh;
