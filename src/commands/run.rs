@@ -14,6 +14,17 @@ use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 
+/// Each host of the plan with its number of steps (for the progress bars).
+fn host_totals(plan: &flowrun_engine::plan::Plan) -> Vec<(String, u64)> {
+    plan.active_hosts
+        .iter()
+        .map(|h| {
+            let n = plan.nodes.iter().filter(|n| n.host.name == h.name).count();
+            (h.name.clone(), u64::try_from(n).unwrap_or(0))
+        })
+        .collect()
+}
+
 pub fn run(args: &RunArgs, quiet: bool) -> Result<ExitStatus, Error> {
     let registry = registry();
     let loaded = Loaded::load(&args.workflow, &args.common, &registry)?;
@@ -32,6 +43,7 @@ pub fn run(args: &RunArgs, quiet: bool) -> Result<ExitStatus, Error> {
         extra_vars: loaded.extra.clone(),
     };
     let json = args.output == OutputFormat::Json;
+    let printer = Arc::new(LinePrinter::new(args.diff, quiet, json).with_progress(&host_totals(&plan)));
     let rt = runtime()?;
     let report = rt.block_on(async {
         let (tx, rx) = tokio::sync::watch::channel(None);
@@ -42,11 +54,12 @@ pub fn run(args: &RunArgs, quiet: bool) -> Result<ExitStatus, Error> {
             masker: masker.clone(),
             secrets: secret_values,
             pool: Arc::new(Pool::new(flowrun_engine::transport::default_connector())),
-            sink: Arc::new(LinePrinter::new(args.diff, quiet, json)),
+            sink: printer.clone(),
             interrupt: rx,
         };
-        exec::run(plan, opts, env).await
+        exec::run(plan.clone(), opts, env).await
     });
+    printer.finish();
     let report = match report {
         Ok(r) => r,
         Err(RunError::Locked(holder)) => {
