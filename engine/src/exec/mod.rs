@@ -44,6 +44,7 @@ use crate::report::InstanceResult;
 use crate::secrets::{Masker, SecretKey};
 use serde_json::{Map, Value};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// How to run.
@@ -57,6 +58,8 @@ pub struct RunOptions {
     pub tags: Vec<String>,
     pub skip_tags: Vec<String>,
     pub extra_vars: Map<String, Value>,
+    /// Wait this long for another run's lock instead of giving up at once.
+    pub wait_lock: Option<Duration>,
 }
 
 impl Default for RunOptions {
@@ -70,6 +73,7 @@ impl Default for RunOptions {
             tags: Vec::new(),
             skip_tags: Vec::new(),
             extra_vars: Map::new(),
+            wait_lock: None,
         }
     }
 }
@@ -103,8 +107,11 @@ impl EventSink for NoEvents {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("another run of this workflow and inventory is in progress (pid {}, run {})", .0.pid, .0.run_id)]
+    #[error("another run of this workflow and inventory is in progress: {0}")]
     Locked(LockHolder),
+    /// A signal came while the run waited for the lock: nothing ran.
+    #[error("interrupted by signal {0} while waiting for the lock; nothing was run")]
+    Interrupted(i32),
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
     /// The operating system's random source failed.
