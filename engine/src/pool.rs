@@ -133,6 +133,18 @@ impl Transport for LazyTransport {
         self.get().await?.read_file(path, become_).await
     }
 
+    async fn metadata(&self, path: &str, become_: Option<&Become>) -> Result<Option<FileStat>, TransportError> {
+        self.get().await?.metadata(path, become_).await
+    }
+
+    async fn read_with_stat(
+        &self,
+        path: &str,
+        become_: Option<&Become>,
+    ) -> Result<Option<(FileStat, Option<Vec<u8>>)>, TransportError> {
+        self.get().await?.read_with_stat(path, become_).await
+    }
+
     async fn write_file(
         &self,
         path: &str,

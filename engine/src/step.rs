@@ -375,6 +375,16 @@ impl StepContext {
         Ok(self.transport.read_file(path, self.become_.as_ref()).await?)
     }
 
+    /// Metadata without the content hash (one cheaper probe).
+    pub async fn metadata(&self, path: &str) -> Result<Option<FileStat>, StepError> {
+        Ok(self.transport.metadata(path, self.become_.as_ref()).await?)
+    }
+
+    /// Metadata and, for a regular file, its content, in one round trip.
+    pub async fn read_with_stat(&self, path: &str) -> Result<Option<(FileStat, Option<Vec<u8>>)>, StepError> {
+        Ok(self.transport.read_with_stat(path, self.become_.as_ref()).await?)
+    }
+
     /// Write a file atomically (temp file in the same directory, then rename).
     pub async fn write_file(&self, path: &str, content: &[u8], attrs: &FileAttrs) -> Result<(), StepError> {
         Ok(self
