@@ -273,8 +273,16 @@ fn run(args: &RunArgs, quiet: bool) -> Result<i32, Failure> {
     if let Some(path) = &args.junit {
         write_atomic(path, report.to_junit(&masker).as_bytes())?;
     }
+    let remote = flowrun_engine::transport::remote_stats();
+    tracing::info!(
+        "{} remote commands over {} helper channels",
+        remote.commands(),
+        remote.sessions()
+    );
     if let Some(path) = &args.metrics {
-        write_atomic(path, masker.mask(&report.to_metrics(code)).as_bytes())?;
+        let mut text = report.to_metrics(code);
+        text.push_str(&flowrun_engine::report::remote_metrics(&report.workflow, remote));
+        write_atomic(path, masker.mask(&text).as_bytes())?;
     }
     let mut out = std::io::stdout().lock();
     if json {
