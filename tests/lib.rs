@@ -2,9 +2,15 @@
 //! in a temporary directory with its own journal.
 
 mod api;
+mod completions;
 mod core;
+mod dynamic_inventory;
 mod errors;
 mod harness;
+mod jinja;
 mod lifecycle;
+mod progress;
+mod schema;
+mod secrets;
 mod shipped_workflows;
 mod ssh;
