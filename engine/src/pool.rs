@@ -4,7 +4,9 @@
 
 use crate::host::Host;
 use crate::transport::local::LocalTransport;
-use crate::transport::{Become, ExecOutput, ExecRequest, FileAttrs, FileStat, Transport, TransportError};
+use crate::transport::{
+    Become, ExecOutput, ExecRequest, FileAttrs, FileStat, StatAndContent, Transport, TransportError,
+};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -137,11 +139,7 @@ impl Transport for LazyTransport {
         self.get().await?.metadata(path, become_).await
     }
 
-    async fn read_with_stat(
-        &self,
-        path: &str,
-        become_: Option<&Become>,
-    ) -> Result<Option<(FileStat, Option<Vec<u8>>)>, TransportError> {
+    async fn read_with_stat(&self, path: &str, become_: Option<&Become>) -> Result<StatAndContent, TransportError> {
         self.get().await?.read_with_stat(path, become_).await
     }
 

@@ -11,7 +11,9 @@
 use crate::host::Host;
 use crate::secrets::Masker;
 use crate::template::Templates;
-use crate::transport::{Become, ExecOutput, ExecRequest, FileAttrs, FileStat, Program, Transport, TransportError};
+use crate::transport::{
+    Become, ExecOutput, ExecRequest, FileAttrs, FileStat, Program, StatAndContent, Transport, TransportError,
+};
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 use std::fmt;
@@ -381,7 +383,7 @@ impl StepContext {
     }
 
     /// Metadata and, for a regular file, its content, in one round trip.
-    pub async fn read_with_stat(&self, path: &str) -> Result<Option<(FileStat, Option<Vec<u8>>)>, StepError> {
+    pub async fn read_with_stat(&self, path: &str) -> Result<StatAndContent, StepError> {
         Ok(self.transport.read_with_stat(path, self.become_.as_ref()).await?)
     }
 

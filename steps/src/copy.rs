@@ -178,7 +178,11 @@ impl Step for ContentStep {
 
     async fn apply(&self, cx: &StepContext, _pending: Pending) -> Result<Applied, StepError> {
         let mut backup_file = None;
-        let planned = self.planned.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let planned = self
+            .planned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         let change = match planned {
             Some(change) => change,
             None => self.plan(cx).await?.0,

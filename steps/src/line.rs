@@ -207,12 +207,7 @@ impl LineStep {
         // Content and attributes in one probe.
         let (st, old) = match cx.read_with_stat(&self.path).await? {
             Some((st, Some(content))) => (Some(st), Some(content)),
-            Some(_) => {
-                return Err(StepError::failed(format!(
-                    "`{}` is not a regular file",
-                    self.path
-                )))
-            }
+            Some(_) => return Err(StepError::failed(format!("`{}` is not a regular file", self.path))),
             None => (None, None),
         };
         if let Some(edit) = self.edit(old.as_deref())? {
@@ -264,7 +259,11 @@ impl Step for LineStep {
     }
 
     async fn apply(&self, cx: &StepContext, _pending: Pending) -> Result<Applied, StepError> {
-        let planned = self.planned.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let planned = self
+            .planned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         let plan = match planned {
             Some(plan) => plan,
             None => self.plan(cx).await?,

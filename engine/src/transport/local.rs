@@ -3,7 +3,9 @@
 //! operations where no privilege change is needed.
 
 use super::shell;
-use super::{Become, ExecOutput, ExecRequest, FileAttrs, FileKind, FileStat, Program, Transport, TransportError};
+use super::{
+    Become, ExecOutput, ExecRequest, FileAttrs, FileKind, FileStat, Program, StatAndContent, Transport, TransportError,
+};
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use std::io::Write as _;
@@ -119,11 +121,7 @@ impl Transport for LocalTransport {
         self.local_stat(path, become_, false).await
     }
 
-    async fn read_with_stat(
-        &self,
-        path: &str,
-        become_: Option<&Become>,
-    ) -> Result<Option<(FileStat, Option<Vec<u8>>)>, TransportError> {
+    async fn read_with_stat(&self, path: &str, become_: Option<&Become>) -> Result<StatAndContent, TransportError> {
         if needs_sudo(become_) {
             let out = self
                 .exec(ExecRequest::shell(shell::read_stat_script(path)).become_(become_.cloned()))
@@ -182,7 +180,12 @@ impl Transport for LocalTransport {
 }
 
 impl LocalTransport {
-    async fn local_stat(&self, path: &str, become_: Option<&Become>, hash: bool) -> Result<Option<FileStat>, TransportError> {
+    async fn local_stat(
+        &self,
+        path: &str,
+        become_: Option<&Become>,
+        hash: bool,
+    ) -> Result<Option<FileStat>, TransportError> {
         if needs_sudo(become_) {
             let out = self
                 .exec(ExecRequest::shell(shell::stat_script(path, hash)).become_(become_.cloned()))

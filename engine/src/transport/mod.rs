@@ -218,6 +218,9 @@ pub struct FileStat {
     pub sha256: Option<String>,
 }
 
+/// A file's metadata and, for a regular file, its content; `None` when absent.
+pub type StatAndContent = Option<(FileStat, Option<Vec<u8>>)>;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
     File,
@@ -282,11 +285,7 @@ pub trait Transport: Send + Sync {
 
     /// Metadata (with SHA-256) and, for a regular file, content of `path`, in
     /// one round trip; `None` when it does not exist.
-    async fn read_with_stat(
-        &self,
-        path: &str,
-        become_: Option<&Become>,
-    ) -> Result<Option<(FileStat, Option<Vec<u8>>)>, TransportError> {
+    async fn read_with_stat(&self, path: &str, become_: Option<&Become>) -> Result<StatAndContent, TransportError> {
         let out = self
             .exec(ExecRequest::shell(shell::read_stat_script(path)).become_(become_.cloned()))
             .await?;

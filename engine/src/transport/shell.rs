@@ -2,7 +2,7 @@
 //! line of a request (cd, env, timeout, sudo), and the stat/read/atomic-write
 //! scripts behind the default file operations.
 
-use super::{Become, ExecOutput, ExecRequest, FileAttrs, FileKind, FileStat, Program, TransportError};
+use super::{Become, ExecOutput, ExecRequest, FileAttrs, FileKind, FileStat, Program, StatAndContent, TransportError};
 use std::fmt::Write as _;
 
 /// Quote a word for a POSIX shell: safe words as they are, the rest in single quotes.
@@ -124,7 +124,9 @@ pub fn stat_script(path: &str, hash: bool) -> String {
 /// The stat line and, for a regular file, its content: `read` + `stat` in one command.
 pub fn read_stat_script(path: &str) -> String {
     let p = quote(path);
-    format!("LC_ALL=C stat -L -c {STAT_FORMAT} -- {p} 2>&1 || exit {STAT_FAILED}\n[ -f {p} ] || exit 0\nexec cat -- {p}\n")
+    format!(
+        "LC_ALL=C stat -L -c {STAT_FORMAT} -- {p} 2>&1 || exit {STAT_FAILED}\n[ -f {p} ] || exit 0\nexec cat -- {p}\n"
+    )
 }
 
 /// Absent only when stat says so: a path we may not look into is an error, not "absent".
@@ -149,12 +151,15 @@ pub fn parse_stat(path: &str, out: &ExecOutput) -> Result<Option<FileStat>, Tran
     let (first, rest) = split_line(&out.stdout);
     let mut st = parse_stat_line(path, first)?;
     let hash = String::from_utf8_lossy(rest);
-    st.sha256 = hash.get(..64).filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit())).map(str::to_owned);
+    st.sha256 = hash
+        .get(..64)
+        .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_owned);
     Ok(Some(st))
 }
 
 /// The stat and content from [`read_stat_script`]; content only for a regular file.
-pub fn parse_read_stat(path: &str, out: ExecOutput) -> Result<Option<(FileStat, Option<Vec<u8>>)>, TransportError> {
+pub fn parse_read_stat(path: &str, out: ExecOutput) -> Result<StatAndContent, TransportError> {
     if out.rc != 0 {
         return stat_failure(path, &out).map(|()| None);
     }
@@ -170,7 +175,9 @@ pub fn parse_read_stat(path: &str, out: ExecOutput) -> Result<Option<(FileStat, 
         )));
     }
     let st = FileStat {
-        sha256: Some(crate::transport::local::hex(&<sha2::Sha256 as sha2::Digest>::digest(&content))),
+        sha256: Some(crate::transport::local::hex(&<sha2::Sha256 as sha2::Digest>::digest(
+            &content,
+        ))),
         ..st
     };
     Ok(Some((st, Some(content))))

@@ -44,12 +44,12 @@ use super::{shell, Become, ExecOutput, ExecRequest, Program, RemoteStats, Transp
 use crate::host::Host;
 use async_trait::async_trait;
 use connect::Target;
+use helper::{Failure, Helper, NotStarted};
+use helpers::{Helpers, Lease};
 use openssh::{Session, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use helper::{Failure, Helper, NotStarted};
-use helpers::{Helpers, Lease};
 use tokio::sync::{Mutex, Semaphore};
 
 /// How long after the remote `timeout` (and its 5 s kill grace) the local deadline falls.
@@ -277,7 +277,11 @@ impl SshTransport {
                     if session.check().await.is_err() {
                         self.invalidate(&session).await;
                         if started || attempt == 1 {
-                            let when = if started { "while running a command" } else { "before the command started" };
+                            let when = if started {
+                                "while running a command"
+                            } else {
+                                "before the command started"
+                            };
                             return Err(self.dropped(when));
                         }
                         continue;

@@ -266,14 +266,14 @@ impl Helper {
             format!("{}e{id} ", self.nonce),
             format!("{}e{id}\n", self.nonce),
         );
+        // One write: separate small writes would meet Nagle's algorithm on
+        // ssh's TCP connection and the host's delayed ACK (tens of ms each).
+        let mut frame = Vec::with_capacity(header.len() + script.len() + input.len());
+        frame.extend_from_slice(header.as_bytes());
+        frame.extend_from_slice(script.as_bytes());
+        frame.extend_from_slice(input);
         let stdin = &mut self.stdin;
-        let write = async {
-            let ok = stdin.write_all(header.as_bytes()).await.is_ok()
-                && stdin.write_all(script.as_bytes()).await.is_ok()
-                && stdin.write_all(input).await.is_ok()
-                && stdin.flush().await.is_ok();
-            ok
-        };
+        let write = async { stdin.write_all(&frame).await.is_ok() && stdin.flush().await.is_ok() };
         let out = &mut self.out;
         let read_out = async {
             out.until(start.as_bytes()).await?;
@@ -361,7 +361,11 @@ mod tests {
         expect.extend_from_slice(b"NONCEs1\n");
         expect.extend_from_slice(&bin);
         expect.extend_from_slice(b"NONCEe1 3\nNONCEs2\nNONCEe2 0\nNONCEs3\n[][0]NONCEe3 0\n");
-        assert!(out == expect, "{:?}", String::from_utf8_lossy(&out[out.len().saturating_sub(80)..]));
+        assert!(
+            out == expect,
+            "{:?}",
+            String::from_utf8_lossy(&out[out.len().saturating_sub(80)..])
+        );
         child.wait().unwrap();
     }
 }

@@ -69,7 +69,10 @@ pub struct Lease<'a> {
 
 impl<'a> Lease<'a> {
     pub fn new(t: &'a SshTransport, helper: Helper) -> Self {
-        Self { t, helper: Some(helper) }
+        Self {
+            t,
+            helper: Some(helper),
+        }
     }
 
     /// Count a helper about to be started.

@@ -58,8 +58,12 @@ fn timed(mut cmd: Command, what: &str) -> (Timed, String) {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("out");
     let f = std::fs::File::create(&log).unwrap();
-    cmd.stdout(f.try_clone().unwrap()).stderr(f).stdin(std::process::Stdio::null());
+    cmd.stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .stdin(std::process::Stdio::null());
     let t0 = Instant::now();
+    // Reaped by wait4 below, which also gives its peak memory.
+    #[allow(clippy::zombie_processes)]
     let child = cmd.spawn().unwrap_or_else(|e| panic!("{what}: {e}"));
     let pid = i32::try_from(child.id()).unwrap();
     let mut status = 0;
@@ -113,7 +117,17 @@ fn flowrun_runs(dir: &Path, hosts: &[SshdHost]) -> Vec<Timed> {
         let mut c = Command::new(flowrun_bin());
         c.current_dir(&d)
             .env("FLOWRUN_JOURNAL", d.join("journal.db"))
-            .args(["run", "web.yml", "-i", "hosts.yml", "-q", "--forks", "10", "--metrics", "m.prom"])
+            .args([
+                "run",
+                "web.yml",
+                "-i",
+                "hosts.yml",
+                "-q",
+                "--forks",
+                "10",
+                "--metrics",
+                "m.prom",
+            ])
             .args(extra);
         let (mut t, _) = timed(c, "flowrun");
         let m = std::fs::read_to_string(d.join("m.prom")).unwrap_or_default();
