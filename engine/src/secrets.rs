@@ -198,6 +198,12 @@ impl SecretKey {
         Self(k)
     }
 
+    /// A value that identifies this key without revealing it: the journal
+    /// keeps it, so a controller with another key is refused, not trusted.
+    pub fn check_value(&self) -> String {
+        self.keyed_hash(b"flowrun journal key check v1")
+    }
+
     pub fn keyed_hash(&self, data: &[u8]) -> String {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
         mac.update(data);

@@ -4,7 +4,7 @@
 use crate::cli::{OutputFormat, RunArgs};
 use crate::error::Error;
 use crate::exit::ExitStatus;
-use crate::load::{open_journal, registry, runtime, Loaded};
+use crate::load::{registry, runtime, Loaded};
 use crate::output::lines::LinePrinter;
 use flowrun_engine::exec::{self, RunEnv, RunError, RunOptions};
 use flowrun_engine::pool::Pool;
@@ -31,7 +31,7 @@ pub fn run(args: &RunArgs, quiet: bool) -> Result<ExitStatus, Error> {
     let plan = Arc::new(loaded.plan(args.common.limit.as_deref())?);
     let masker = Masker::global();
     let secret_values = secrets::resolve(&loaded.workflow.secrets, &masker)?;
-    let (journal, key) = open_journal(args.common.journal.as_deref())?;
+    let (journal, key) = crate::journal::open(&args.common.journal)?;
     let opts = RunOptions {
         check: args.check,
         diff: args.diff,
@@ -41,6 +41,7 @@ pub fn run(args: &RunArgs, quiet: bool) -> Result<ExitStatus, Error> {
         tags: args.tags.clone(),
         skip_tags: args.skip_tags.clone(),
         extra_vars: loaded.extra.clone(),
+        wait_lock: args.wait_lock,
     };
     let json = args.output == OutputFormat::Json;
     let printer = Arc::new(LinePrinter::new(args.diff, quiet, json).with_progress(&host_totals(&plan)));
@@ -67,6 +68,10 @@ pub fn run(args: &RunArgs, quiet: bool) -> Result<ExitStatus, Error> {
                 workflow: loaded.workflow.name.clone(),
                 holder,
             })
+        }
+        Err(RunError::Interrupted(sig)) => {
+            eprintln!("interrupted by signal {sig} while waiting for the lock: nothing was run");
+            return Ok(ExitStatus::Interrupted(sig));
         }
         Err(RunError::Journal(e)) => return Err(e.into()),
         Err(RunError::Random(e)) => return Err(Error::io("cannot draw a run id", e)),
