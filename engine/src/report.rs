@@ -363,6 +363,22 @@ impl RunReport {
     }
 }
 
+/// Metrics of the run's remote traffic: commands sent to hosts (round trips)
+/// and the helper channels opened for them, as the transports counted them.
+pub fn remote_metrics(workflow: &str, stats: &crate::transport::RemoteStats) -> String {
+    let wf = prom_label(workflow);
+    format!(
+        "# HELP flowrun_last_run_remote_commands Commands sent to remote hosts in the last run (one round trip each).\n\
+         # TYPE flowrun_last_run_remote_commands gauge\n\
+         flowrun_last_run_remote_commands{{workflow=\"{wf}\"}} {}\n\
+         # HELP flowrun_last_run_remote_channels SSH channels opened for remote helpers in the last run.\n\
+         # TYPE flowrun_last_run_remote_channels gauge\n\
+         flowrun_last_run_remote_channels{{workflow=\"{wf}\"}} {}\n",
+        stats.commands(),
+        stats.sessions()
+    )
+}
+
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
 }
