@@ -412,7 +412,7 @@ fn str_list(src: &Source, v: &Yaml, what: &str, errs: &mut Diagnostics) -> Vec<(
 }
 
 fn parse_secret(src: &Source, k: &Key, v: &Yaml, errs: &mut Diagnostics) -> Option<SecretDef> {
-    crate::secrets::parse_def(src, k, v, errs)
+    crate::model::secret::parse_def(src, k, v, errs)
 }
 
 fn parse_step(

@@ -8,7 +8,7 @@ use crate::exit::ExitStatus;
 use crate::load::{registry, Loaded};
 use flowrun_engine::exec::{self, RunOptions};
 use flowrun_engine::journal::Location;
-use flowrun_engine::secrets::{self, Masker};
+use flowrun_engine::secrets::Masker;
 
 pub fn plan(arg: &str, common: &Common) -> Result<ExitStatus, Error> {
     let registry = registry();
@@ -16,7 +16,7 @@ pub fn plan(arg: &str, common: &Common) -> Result<ExitStatus, Error> {
     let plan = loaded.plan(common.limit.as_deref())?;
     let masker = Masker::global();
     // Secrets are only needed to predict fingerprints; without them, say "unknown".
-    let secret_values = secrets::resolve(&loaded.workflow.secrets, &masker).ok();
+    let secret_values = flowrun_engine::model::secret::resolve(&loaded.workflow.secrets, &masker).ok();
     let location = crate::journal::location(&common.journal)?;
     // A journal file that does not exist yet predicts nothing (and is not created).
     let exists = match &location {
