@@ -136,10 +136,11 @@ impl SecretKey {
     }
 
     /// A key for tests and `--check` runs without a journal directory.
-    pub fn ephemeral() -> Self {
+    /// Without randomness there is no key: an error, never a predictable one.
+    pub fn ephemeral() -> std::io::Result<Self> {
         let mut k = [0u8; 32];
-        let _ = getrandom::fill(&mut k);
-        Self(k)
+        getrandom::fill(&mut k).map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(Self(k))
     }
 
     /// A value that identifies this key without revealing it: the journal
@@ -154,13 +155,18 @@ impl SecretKey {
         crate::transport::local::hex(&mac.finalize().into_bytes())
     }
 
-    pub fn encrypt(&self, plaintext: &[u8]) -> Vec<u8> {
+    /// Encrypt with a fresh random nonce (stored in front). Without
+    /// randomness this fails: a repeated nonce would give the key away.
+    pub fn encrypt(&self, plaintext: &[u8]) -> std::io::Result<Vec<u8>> {
         let cipher = ChaCha20Poly1305::new((&self.0).into());
         let mut nonce = [0u8; 12];
-        let _ = getrandom::fill(&mut nonce);
+        getrandom::fill(&mut nonce).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let sealed = cipher
+            .encrypt(Nonce::from_slice(&nonce), plaintext)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         let mut out = nonce.to_vec();
-        out.extend(cipher.encrypt(Nonce::from_slice(&nonce), plaintext).unwrap_or_default());
-        out
+        out.extend(sealed);
+        Ok(out)
     }
 
     pub fn decrypt(&self, data: &[u8]) -> Option<Vec<u8>> {
@@ -205,12 +211,12 @@ mod tests {
 
     #[test]
     fn encrypt_roundtrip_and_tamper() {
-        let k = SecretKey::ephemeral();
-        let c = k.encrypt(b"glrt-123");
+        let k = SecretKey::ephemeral().unwrap();
+        let c = k.encrypt(b"glrt-123").unwrap();
         assert_eq!(k.decrypt(&c).unwrap(), b"glrt-123");
         let mut bad = c.clone();
         *bad.last_mut().unwrap() ^= 1;
         assert!(k.decrypt(&bad).is_none());
-        assert_ne!(k.keyed_hash(b"a"), SecretKey::ephemeral().keyed_hash(b"a"));
+        assert_ne!(k.keyed_hash(b"a"), SecretKey::ephemeral().unwrap().keyed_hash(b"a"));
     }
 }

@@ -39,6 +39,10 @@ pub enum ParamType {
     Duration,
     /// One of a fixed set of strings.
     Enum(&'static [&'static str]),
+    /// Permission bits in octal (`"0644"`, `"0o755"`; an unquoted `644` is read as octal too).
+    Mode,
+    /// An `http://` or `https://` URL.
+    Url,
     Any,
 }
 
@@ -57,6 +61,8 @@ impl fmt::Display for ParamType {
                 "one of {}",
                 v.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
             ),
+            Self::Mode => f.write_str("an octal mode such as `\"0644\"` (rw-r--r--)"),
+            Self::Url => f.write_str("an http(s) URL"),
             Self::Any => f.write_str("any value"),
         }
     }
@@ -69,6 +75,9 @@ pub struct ParamSpec {
     pub ty: ParamType,
     pub required: bool,
     pub doc: &'static str,
+    /// A secret may not be rendered into it (it ends up in a process's
+    /// argv, which every user of the machine can read): the loader refuses.
+    pub no_secrets: bool,
 }
 
 impl ParamSpec {
@@ -78,6 +87,7 @@ impl ParamSpec {
             ty,
             required: true,
             doc,
+            no_secrets: false,
         }
     }
     pub const fn opt(name: &'static str, ty: ParamType, doc: &'static str) -> Self {
@@ -86,8 +96,53 @@ impl ParamSpec {
             ty,
             required: false,
             doc,
+            no_secrets: false,
         }
     }
+
+    /// Refuse secrets in this parameter at load time (see [`ParamSpec::no_secrets`]).
+    #[must_use]
+    pub const fn no_secrets(mut self) -> Self {
+        self.no_secrets = true;
+        self
+    }
+}
+
+/// Parse permission bits written in octal (`"0644"`, `"0o755"`, `644`).
+pub fn parse_mode(text: &str) -> Result<u32, String> {
+    let text = text.trim();
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("expected an octal mode like \"0644\", got `{text}`"))
+}
+
+/// Check an `http(s)` URL: a scheme, a host, no whitespace.
+pub fn check_url(text: &str) -> Result<(), String> {
+    let rest = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+        .ok_or_else(|| format!("`{text}` is not an http(s) URL (it must start with `http://` or `https://`)"))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = host.rsplit('@').next().unwrap_or("");
+    let name = if host.starts_with('[') {
+        host.split(']').next().map_or("", |h| h.trim_start_matches('['))
+    } else {
+        host.split(':').next().unwrap_or("")
+    };
+    if name.is_empty() {
+        return Err(format!("`{text}` has no host"));
+    }
+    if text.chars().any(char::is_whitespace) {
+        return Err(format!("`{text}` contains whitespace"));
+    }
+    if let Some(port) = host.rsplit_once(':').map(|(_, p)| p).filter(|p| !p.contains(']')) {
+        if port.parse::<u16>().is_err() {
+            return Err(format!("`{text}` has an invalid port `{port}`"));
+        }
+    }
+    Ok(())
 }
 
 /// What a step kind declares about itself.
@@ -343,7 +398,9 @@ impl StepContext {
             }
             Some(data) => {
                 let mut r = [0u8; 8];
-                let _ = getrandom::fill(&mut r);
+                // A guessable name for a file holding a secret is not acceptable.
+                getrandom::fill(&mut r)
+                    .map_err(|e| StepError::failed(format!("no randomness for a private script file: {e}")))?;
                 let path = format!("/tmp/.flowrun-{}.sh", crate::transport::local::hex(&r));
                 let attrs = FileAttrs {
                     mode: Some(0o600),
