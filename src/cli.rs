@@ -1,6 +1,6 @@
 //! Command-line arguments. `flowrun NAME ...` is shorthand for `flowrun run NAME ...`.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -31,7 +31,7 @@ pub enum Command {
     /// Print the step graph.
     Graph(GraphArgs),
     /// List the workflows in ./workflows.
-    List,
+    List(ListArgs),
     /// Describe the built-in steps, or one of them: parameters and outputs.
     Steps(StepsArgs),
     /// List past runs.
@@ -40,6 +40,45 @@ pub enum Command {
     Show(ShowArgs),
     /// Forget journal records so those steps run again.
     Forget(ForgetArgs),
+    /// Print the JSON Schema of workflow or inventory files, for editors.
+    Schema(SchemaArgs),
+    /// Print a shell completion script (workflow names from ./workflows included).
+    Completions(CompletionsArgs),
+    /// Print the man page (roff): `flowrun man | man -l -`.
+    Man,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Only the names, one a line, without loading the files (for scripts and completion).
+    #[arg(long)]
+    pub names: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    #[arg(value_enum)]
+    pub shell: Shell,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Args, Debug)]
+pub struct SchemaArgs {
+    /// Which files the schema describes.
+    #[arg(value_enum)]
+    pub kind: SchemaKind,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum SchemaKind {
+    Workflow,
+    Inventory,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -168,8 +207,25 @@ pub struct ForgetArgs {
 }
 
 const SUBCOMMANDS: &[&str] = &[
-    "run", "plan", "validate", "graph", "list", "steps", "history", "show", "forget", "help",
+    "run",
+    "plan",
+    "validate",
+    "graph",
+    "list",
+    "steps",
+    "history",
+    "show",
+    "forget",
+    "schema",
+    "completions",
+    "man",
+    "help",
 ];
+
+/// The clap command, for the completion and man page generators.
+pub fn command() -> clap::Command {
+    Cli::command()
+}
 
 /// Parse argv, turning `flowrun NAME ...` into `flowrun run NAME ...`.
 pub fn parse() -> Cli {

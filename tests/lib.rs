@@ -2,9 +2,11 @@
 //! in a temporary directory with its own journal.
 
 mod api;
+mod completions;
 mod core;
 mod errors;
 mod harness;
 mod lifecycle;
+mod schema;
 mod shipped_workflows;
 mod ssh;

@@ -74,6 +74,9 @@ pub enum RunError {
     Locked(LockHolder),
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
+    /// The operating system's random source failed.
+    #[error("no randomness available: {0}")]
+    Random(std::io::Error),
 }
 
 /// Everything a run needs besides the plan.
@@ -138,54 +141,20 @@ impl Ctx {
 }
 
 /// A new run id: UTC time and a random suffix.
-pub fn new_run_id() -> String {
+pub fn new_run_id() -> Result<String, RunError> {
     let mut r = [0u8; 3];
-    let _ = getrandom::fill(&mut r);
-    format!("{}-{}", utc_stamp(SystemTime::now()), crate::transport::local::hex(&r))
-}
-
-/// `20261123T140501Z`.
-pub fn utc_stamp(t: SystemTime) -> String {
-    let secs = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(i64::try_from(days).unwrap_or(0));
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Human-readable UTC time for listings.
-pub fn utc_text(secs: i64) -> String {
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
-    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    getrandom::fill(&mut r).map_err(|e| RunError::Random(std::io::Error::other(e.to_string())))?;
+    Ok(format!(
+        "{}-{}",
+        crate::clock::utc_stamp(SystemTime::now()),
+        crate::transport::local::hex(&r)
+    ))
 }
 
 /// Run a plan: take the lock, run, record, release. `Err(Locked)` when another
 /// live run of the same workflow and inventory holds the lock.
 pub async fn run(plan: Arc<Plan>, opts: RunOptions, env: RunEnv) -> Result<RunReport, RunError> {
-    let run_id = new_run_id();
+    let run_id = new_run_id()?;
     let wf_name = plan.workflow.name.clone();
     let inv = plan.inventory_id.clone();
     let journal = env.journal.clone();

@@ -3,6 +3,7 @@
 //! every result, and reports. It knows nothing of particular steps: they come
 //! in through the [`step::StepKind`] registry.
 
+pub mod clock;
 pub mod diag;
 pub mod exec;
 pub mod host;
@@ -15,6 +16,7 @@ pub mod plan;
 pub mod pool;
 pub mod registry;
 pub mod report;
+pub mod schema;
 pub mod secrets;
 pub mod step;
 pub mod template;

@@ -1,0 +1,41 @@
+//! The journal's run history: `flowrun history`, `show RUN_ID`, and `forget`
+//! (records removed so those steps run again). Journal maintenance commands
+//! (`flowrun journal ...`) belong in a `commands/journal.rs` of their own.
+
+use crate::error::Error;
+use crate::exit::ExitStatus;
+use crate::load::open_journal;
+use std::path::Path;
+
+pub fn history(journal: Option<&Path>, workflow: Option<&str>, limit: usize) -> Result<ExitStatus, Error> {
+    let (j, _) = open_journal(journal)?;
+    let rows = j.history(workflow, limit)?;
+    print!("{}", crate::output::history::runs(&rows));
+    Ok(ExitStatus::Success)
+}
+
+pub fn show(journal: Option<&Path>, run_id: &str) -> Result<ExitStatus, Error> {
+    let (j, _) = open_journal(journal)?;
+    let Some((run, steps)) = j.show(run_id)? else {
+        return Err(Error::invalid(format!("no run `{run_id}` in the journal")));
+    };
+    print!("{}", crate::output::history::run(&run, &steps));
+    Ok(ExitStatus::Success)
+}
+
+pub fn forget(
+    journal: Option<&Path>,
+    workflow: Option<&str>,
+    step: Option<&str>,
+    host: Option<&str>,
+) -> Result<ExitStatus, Error> {
+    if workflow.is_none() && step.is_none() && host.is_none() {
+        return Err(Error::invalid(
+            "`forget` needs --workflow, --step or --host (to forget everything, remove the journal file)",
+        ));
+    }
+    let (j, _) = open_journal(journal)?;
+    let n = j.forget(workflow, step, host)?;
+    println!("forgot {n} journal record(s); those steps run again on the next run");
+    Ok(ExitStatus::Success)
+}

@@ -1,0 +1,72 @@
+//! `flowrun history` (one line per run) and `flowrun show` (one run, step by step).
+
+use flowrun_engine::clock::utc_text;
+use flowrun_engine::journal::{RunRow, RunStep};
+use serde_json::Value;
+use std::fmt::Write as _;
+
+pub fn runs(rows: &[RunRow]) -> String {
+    let mut out = String::new();
+    if rows.is_empty() {
+        out.push_str("no runs recorded\n");
+    }
+    for r in rows {
+        let totals = r
+            .totals
+            .as_deref()
+            .and_then(|t| serde_json::from_str::<Value>(t).ok())
+            .map_or_else(String::new, |t| {
+                format!(
+                    "ok={} changed={} failed={} skipped={} unreachable={}",
+                    t["ok"], t["changed"], t["failed"], t["skipped"], t["unreachable"]
+                )
+            });
+        let took = r
+            .finished_at
+            .map_or_else(|| "-".into(), |f| format!("{}s", f - r.started_at));
+        let _ = writeln!(
+            out,
+            "{}  {:<28} {:<11} {:<7} {:>5}  {}  {}",
+            r.id,
+            r.workflow,
+            r.status,
+            r.mode,
+            took,
+            utc_text(r.started_at),
+            totals
+        );
+    }
+    out
+}
+
+pub fn run(run: &RunRow, steps: &[RunStep]) -> String {
+    let mut out = format!(
+        "run {} of {} ({}), {}, started {}, pid {}\ninventory: {}\n",
+        run.id,
+        run.workflow,
+        run.mode,
+        run.status,
+        utc_text(run.started_at),
+        run.pid,
+        run.inventory
+    );
+    for s in steps {
+        let item = if s.item.is_empty() {
+            String::new()
+        } else {
+            format!(" (item={})", s.item)
+        };
+        let journal = if s.from_journal { " (journal)" } else { "" };
+        let msg = s
+            .message
+            .as_ref()
+            .map(|m| format!(" - {}", m.lines().next().unwrap_or("")))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{}: [{}] {}{item}{journal} {}ms{msg}",
+            s.status, s.host, s.step_id, s.duration_ms
+        );
+    }
+    out
+}
