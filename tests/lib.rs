@@ -6,6 +6,7 @@ mod completions;
 mod core;
 mod errors;
 mod harness;
+mod k8s;
 mod lifecycle;
 mod schema;
 mod shipped_workflows;
