@@ -40,12 +40,66 @@ pub enum Command {
     Show(ShowArgs),
     /// Forget journal records so those steps run again.
     Forget(ForgetArgs),
+    /// Journal upkeep: migrate, copy, prune, stats.
+    #[command(subcommand)]
+    Journal(JournalCommand),
     /// Print the JSON Schema of workflow or inventory files, for editors.
     Schema(SchemaArgs),
     /// Print a shell completion script (workflow names from ./workflows included).
     Completions(CompletionsArgs),
     /// Print the man page (roff): `flowrun man | man -l -`.
     Man,
+}
+
+/// Where the journal is, and its key.
+#[derive(Args, Debug, Clone, Default)]
+pub struct JournalArgs {
+    /// Journal: a file (SQLite) or `postgres://USER@HOST:PORT/DB?sslmode=...` (shared);
+    /// default: $FLOWRUN_JOURNAL, else a file in the user's state directory.
+    #[arg(long, value_name = "PATH|URL")]
+    pub journal: Option<String>,
+    /// The key that encrypts secret outputs and keys fingerprints: controllers
+    /// sharing a journal share it (created 0600 when missing); default: beside
+    /// a SQLite journal, or in the state directory.
+    #[arg(long, value_name = "FILE", env = "FLOWRUN_JOURNAL_KEY_FILE")]
+    pub journal_key: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JournalCommand {
+    /// Bring the journal's schema to this flowrun's version.
+    Migrate(JournalArgs),
+    /// Copy a journal into an empty one (e.g. SQLite to PostgreSQL).
+    Copy(CopyArgs),
+    /// Remove the history of old runs (never the last success of an instance).
+    Prune(PruneArgs),
+    /// Counts, sizes and schema version.
+    Stats(JournalArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CopyArgs {
+    /// The journal to copy: `sqlite://PATH`, a file, or a `postgres://` URL.
+    #[arg(long, value_name = "PATH|URL")]
+    pub from: String,
+    /// The empty journal to copy into.
+    #[arg(long, value_name = "PATH|URL")]
+    pub to: String,
+    /// The key of the source journal (both journals use it afterwards).
+    #[arg(long, value_name = "FILE", env = "FLOWRUN_JOURNAL_KEY_FILE")]
+    pub journal_key: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Remove runs that started longer ago than this (`90d`, `12h`).
+    #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
+    pub older_than: std::time::Duration,
+    /// Count what would go, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub journal: JournalArgs,
 }
 
 #[derive(Args, Debug)]
@@ -92,9 +146,8 @@ pub struct Common {
     /// Only hosts matching this pattern.
     #[arg(long, value_name = "PATTERN")]
     pub limit: Option<String>,
-    /// Journal file; default: $FLOWRUN_JOURNAL, else the user's state directory.
-    #[arg(long, env = "FLOWRUN_JOURNAL")]
-    pub journal: Option<PathBuf>,
+    #[command(flatten)]
+    pub journal: JournalArgs,
 }
 
 #[derive(Args, Debug)]
@@ -121,6 +174,9 @@ pub struct RunArgs {
     /// Ignore the journal: run every step.
     #[arg(long)]
     pub force: bool,
+    /// When another run holds the lock, wait in line up to this long (`10m`, `1h`) instead of exiting 3.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub wait_lock: Option<std::time::Duration>,
     /// How many step instances run at once.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub forks: u16,
@@ -183,15 +239,15 @@ pub struct HistoryArgs {
     pub workflow: Option<String>,
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
-    #[arg(long, env = "FLOWRUN_JOURNAL")]
-    pub journal: Option<PathBuf>,
+    #[command(flatten)]
+    pub journal: JournalArgs,
 }
 
 #[derive(Args, Debug)]
 pub struct ShowArgs {
     pub run_id: String,
-    #[arg(long, env = "FLOWRUN_JOURNAL")]
-    pub journal: Option<PathBuf>,
+    #[command(flatten)]
+    pub journal: JournalArgs,
 }
 
 #[derive(Args, Debug)]
@@ -202,8 +258,8 @@ pub struct ForgetArgs {
     pub step: Option<String>,
     #[arg(long)]
     pub host: Option<String>,
-    #[arg(long, env = "FLOWRUN_JOURNAL")]
-    pub journal: Option<PathBuf>,
+    #[command(flatten)]
+    pub journal: JournalArgs,
 }
 
 const SUBCOMMANDS: &[&str] = &[
@@ -219,6 +275,7 @@ const SUBCOMMANDS: &[&str] = &[
     "schema",
     "completions",
     "man",
+    "journal",
     "help",
 ];
 

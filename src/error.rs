@@ -42,6 +42,7 @@ impl Error {
         match self {
             Self::Invalid(_) => ExitStatus::Invalid,
             Self::Locked { .. } => ExitStatus::Locked,
+            Self::Journal(e) if e.is_config() => ExitStatus::Invalid,
             Self::Journal(_) | Self::Io { .. } => ExitStatus::Failed,
         }
     }
@@ -63,10 +64,7 @@ impl fmt::Display for Error {
             Self::Invalid(d) => write!(f, "{d}"),
             Self::Locked { workflow, holder } => write!(
                 f,
-                "error: workflow `{workflow}` is already running with this inventory: pid {} started {} (run {}); not starting a second run",
-                holder.pid,
-                flowrun_engine::clock::utc_text(holder.started_at),
-                holder.run_id
+                "error: workflow `{workflow}` is already running with this inventory: {holder}; not starting a second run (`--wait-lock DURATION` waits for it)"
             ),
             Self::Journal(e) => write!(f, "error: {e}"),
             Self::Io { what, source } => write!(f, "error: {what}: {source}"),

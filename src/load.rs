@@ -1,17 +1,15 @@
 //! What the commands share before they differ: finding a workflow by file or
-//! name, loading it with its inventory and `-e` variables, planning it, and
-//! opening the journal with its key.
+//! name, loading it with its inventory and `-e` variables, and planning it
+//! (opening the journal is `journal.rs`).
 
 use crate::cli::Common;
 use crate::error::Error;
 use flowrun_engine::diag::{did_you_mean, Diagnostic};
 use flowrun_engine::inventory::Inventory;
-use flowrun_engine::journal::Journal;
 use flowrun_engine::loader::{self, LoadContext};
 use flowrun_engine::model::Workflow;
 use flowrun_engine::plan::{self, Plan};
 use flowrun_engine::registry::Registry;
-use flowrun_engine::secrets::SecretKey;
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -98,23 +96,6 @@ impl Loaded {
     pub fn plan(&self, limit: Option<&str>) -> Result<Plan, Error> {
         Ok(plan::plan(self.workflow.clone(), &self.inventory, &self.extra, limit)?)
     }
-}
-
-pub fn journal_path(arg: Option<&Path>) -> PathBuf {
-    arg.map_or_else(
-        || flowrun_engine::paths::state_dir().join("journal.db"),
-        Path::to_path_buf,
-    )
-}
-
-/// The journal and its secret key (`PATH.key`, created with mode 0600).
-pub fn open_journal(arg: Option<&Path>) -> Result<(Arc<Journal>, SecretKey), Error> {
-    let path = journal_path(arg);
-    let journal = Journal::open(&path)?;
-    let mut key_path = path.clone().into_os_string();
-    key_path.push(".key");
-    let key = SecretKey::load_or_create(Path::new(&key_path)).map_err(|e| Error::io("journal key", e))?;
-    Ok((Arc::new(journal), key))
 }
 
 pub fn runtime() -> Result<tokio::runtime::Runtime, Error> {

@@ -11,6 +11,7 @@ mod cli;
 mod commands;
 mod error;
 mod exit;
+mod journal;
 mod load;
 mod logging;
 mod output;

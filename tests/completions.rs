@@ -181,3 +181,40 @@ fn man_renders_the_whole_cli() {
     }
     assert!(!text.contains("flowrun-run(1)"), "points at pages that do not exist");
 }
+
+/// fish, where it is installed: its own completion engine (`complete -C`)
+/// offers the workflow names from the script.
+#[test]
+fn fish_completes_workflow_names_where_installed() {
+    if Command::new("fish").arg("--version").output().is_err() {
+        return; // not installed here; bash is the shell the suite requires
+    }
+    let sb = sandbox_with_workflows();
+    let script = sb.run(&["completions", "fish"], 0).stdout;
+    sb.write("c.fish", &script);
+    let out = Command::new("fish")
+        .args([
+            "--no-config",
+            "-c",
+            "source c.fish; complete -C 'flowrun dep'; echo ---; complete -C 'flowrun run rot'",
+        ])
+        .current_dir(sb.dir.path())
+        .env("PATH", format!("{}:/usr/bin:/bin", bin_dir()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (first, second) = text.split_once("---").unwrap_or_else(|| panic!("fish: {text}"));
+    let names = |s: &str| -> Vec<String> {
+        let mut v: Vec<String> = s
+            .lines()
+            .filter_map(|l| l.split('\t').next())
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(first), ["deploy-db", "deploy-site"], "{text}");
+    assert_eq!(names(second), ["rotate-keys"], "{text}");
+}

@@ -275,8 +275,10 @@ fn json_junit_and_metrics() {
         metrics.contains("flowrun_last_run_steps{workflow=\"site\",status=\"changed\"} 13"),
         "{metrics}"
     );
-    // A failing run says so in all three.
-    std::fs::write(sb.path("templates/app.conf.hbs"), "{{undefined_var}}\n").unwrap();
+    // A failing run says so in all three. (An undefined top-level variable
+    // is caught when the workflow loads; a missing attribute only when the
+    // template renders.)
+    std::fs::write(sb.path("templates/app.conf.hbs"), "{{root.undefined_var}}\n").unwrap();
     let r = sb.run(
         &[
             "run",

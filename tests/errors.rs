@@ -248,6 +248,6 @@ fn missing_secret_source() {
     );
     sb.run(&["run", "wf.yml"], 2)
         .stderr_has("wf.yml:2:3")
-        .stderr_has("environment variable `FLOWRUN_TEST_UNSET_VAR` is not set");
+        .stderr_has("secret `token` is not set: tried environment variable `FLOWRUN_TEST_UNSET_VAR` (not set)");
     assert!(!sb.exists("marker"));
 }

@@ -4,10 +4,17 @@
 mod api;
 mod completions;
 mod core;
+mod dynamic_inventory;
 mod errors;
+mod github_runners;
+mod github_standin;
 mod harness;
+mod jinja;
+mod journal;
 mod k8s;
 mod lifecycle;
+mod progress;
 mod schema;
+mod secrets;
 mod shipped_workflows;
 mod ssh;

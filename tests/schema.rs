@@ -227,3 +227,49 @@ fn known_bad_files_are_rejected_by_schema_and_loader() {
         sb.run(&["validate", wf.to_str().unwrap(), "-i", "hosts.yml"], 2);
     }
 }
+
+/// The keys the schema knows are exactly those the loader accepts: the
+/// loader's own "valid keys" help for each place is compared with the
+/// schema's properties there, so a key added to one and not the other fails.
+#[test]
+fn schema_keys_match_the_loaders() {
+    let s = schema("workflow");
+    let sb = Sandbox::new();
+    let valid = |text: &str, place: &str| -> Vec<String> {
+        sb.write("k.yml", text);
+        let ran = sb.run(&["validate", "k.yml"], 2);
+        let err = &ran.stderr;
+        let at = err
+            .find(&format!("unknown key `bogus` in {place}"))
+            .unwrap_or_else(|| panic!("no error for {place}:\n{err}"));
+        let help = err[at..].lines().find(|l| l.contains("valid keys:")).unwrap();
+        let mut keys: Vec<String> = help
+            .split("valid keys:")
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .map(|k| k.trim().trim_matches('`').to_owned())
+            .collect();
+        keys.sort();
+        keys
+    };
+    let props = |v: &Value| -> Vec<String> {
+        let mut k: Vec<String> = v["properties"].as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    let step = "{ id: a, uses: command, with: { argv: [true] }";
+    assert_eq!(valid("bogus: 1\nsteps: []\n", "a workflow"), props(&s));
+    assert_eq!(
+        valid(&format!("steps:\n  - {step}, bogus: 1 }}\n"), "a step"),
+        props(&s["definitions"]["step"])
+    );
+    assert_eq!(
+        valid(&format!("steps: []\nhandlers:\n  - {step}, bogus: 1 }}\n"), "a handler"),
+        props(&s["definitions"]["handler"])
+    );
+    assert_eq!(
+        valid(&format!("steps:\n  - {step}, retry: {{ bogus: 1 }} }}\n"), "`retry`"),
+        props(&s["definitions"]["step"]["properties"]["retry"])
+    );
+}

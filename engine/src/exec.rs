@@ -39,6 +39,8 @@ pub struct RunOptions {
     pub tags: Vec<String>,
     pub skip_tags: Vec<String>,
     pub extra_vars: Map<String, Value>,
+    /// Wait this long for another run's lock instead of giving up at once.
+    pub wait_lock: Option<Duration>,
 }
 
 impl Default for RunOptions {
@@ -52,6 +54,7 @@ impl Default for RunOptions {
             tags: Vec::new(),
             skip_tags: Vec::new(),
             extra_vars: Map::new(),
+            wait_lock: None,
         }
     }
 }
@@ -70,8 +73,11 @@ impl EventSink for NoEvents {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("another run of this workflow and inventory is in progress (pid {}, run {})", .0.pid, .0.run_id)]
+    #[error("another run of this workflow and inventory is in progress: {0}")]
     Locked(LockHolder),
+    /// A signal came while the run waited for the lock: nothing ran.
+    #[error("interrupted by signal {0} while waiting for the lock; nothing was run")]
+    Interrupted(i32),
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
     /// The operating system's random source failed.
@@ -151,16 +157,18 @@ pub fn new_run_id() -> Result<String, RunError> {
     ))
 }
 
-/// Run a plan: take the lock, run, record, release. `Err(Locked)` when another
-/// live run of the same workflow and inventory holds the lock.
-pub async fn run(plan: Arc<Plan>, opts: RunOptions, env: RunEnv) -> Result<RunReport, RunError> {
+/// Run a plan: take the lock (waiting for it when `wait_lock` says so), run,
+/// record, release. `Err(Locked)` when another live run of the same workflow
+/// and inventory holds the lock; `Err(Journal)` when the journal failed (the
+/// run stops at once: what was not recorded runs again next time).
+pub async fn run(plan: Arc<Plan>, opts: RunOptions, mut env: RunEnv) -> Result<RunReport, RunError> {
     let run_id = new_run_id()?;
     let wf_name = plan.workflow.name.clone();
     let inv = plan.inventory_id.clone();
     let journal = env.journal.clone();
     let mut records = HashMap::new();
     if let Some(j) = &journal {
-        if let Some(holder) = j.lock(&wf_name, &inv, &run_id)? {
+        if let Some(holder) = take_lock(j, &wf_name, &inv, &run_id, opts.wait_lock, &mut env.interrupt).await? {
             return Err(RunError::Locked(holder));
         }
         records = j.load(&wf_name)?;
@@ -185,10 +193,12 @@ pub async fn run(plan: Arc<Plan>, opts: RunOptions, env: RunEnv) -> Result<RunRe
             .unwrap_or(0),
             finished_at: None,
             status: "running".into(),
+            host: crate::journal::this_host(),
             pid: i64::from(std::process::id()),
             mode: mode.into(),
             totals: None,
         });
+        env.interrupt = stop_on_journal_failure(env.interrupt.clone(), j.failures());
     }
     let pending = match &journal {
         Some(j) if !opts.check => j.pending_handlers(&wf_name)?,
@@ -202,6 +212,73 @@ pub async fn run(plan: Arc<Plan>, opts: RunOptions, env: RunEnv) -> Result<RunRe
         j.flush()?;
     }
     Ok(report)
+}
+
+/// Take the lock, or wait in line for it off the runtime's threads; a
+/// signal while waiting ends the wait and the run.
+async fn take_lock(
+    j: &Arc<Journal>,
+    wf: &str,
+    inv: &str,
+    run_id: &str,
+    wait: Option<Duration>,
+    interrupt: &mut watch::Receiver<Option<i32>>,
+) -> Result<Option<LockHolder>, RunError> {
+    let Some(wait) = wait else {
+        return Ok(j.lock(wf, inv, run_id)?);
+    };
+    let (j2, w, i, r) = (j.clone(), wf.to_owned(), inv.to_owned(), run_id.to_owned());
+    let mut task = tokio::task::spawn_blocking(move || j2.lock_wait(&w, &i, &r, Some(wait)));
+    let gone = |e: tokio::task::JoinError| RunError::Journal(crate::journal::JournalError::Sql(e.to_string()));
+    let mut open = true;
+    loop {
+        let signal = *interrupt.borrow();
+        if let Some(sig) = signal {
+            j.cancel_lock_wait();
+            if let Ok(Ok(None)) = (&mut task).await {
+                // Taken just as the signal came: give it back.
+                j.unlock(wf, inv, run_id);
+                j.flush()?;
+            }
+            return Err(RunError::Interrupted(sig));
+        }
+        tokio::select! {
+            r = &mut task => return Ok(r.map_err(gone)??),
+            changed = interrupt.changed(), if open => open = changed.is_ok(),
+        }
+    }
+}
+
+/// What `execute` sees as its interrupt: the caller's signals, and a stop
+/// (signal 0) as soon as a journal write fails.
+fn stop_on_journal_failure(
+    mut signals: watch::Receiver<Option<i32>>,
+    mut failed: watch::Receiver<Option<String>>,
+) -> watch::Receiver<Option<i32>> {
+    let (tx, rx) = watch::channel(*signals.borrow());
+    tokio::spawn(async move {
+        let mut open = true;
+        loop {
+            tokio::select! {
+                changed = signals.changed(), if open => match changed {
+                    Ok(()) => {
+                        tx.send_replace(*signals.borrow());
+                    }
+                    Err(_) => open = false,
+                },
+                changed = failed.changed() => {
+                    if changed.is_err() || failed.borrow().is_some() {
+                        if changed.is_ok() {
+                            tx.send_replace(Some(0));
+                        }
+                        return;
+                    }
+                }
+                () = tx.closed() => return,
+            }
+        }
+    });
+    rx
 }
 
 async fn execute(

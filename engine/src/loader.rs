@@ -8,7 +8,7 @@
 
 use crate::diag::{did_you_mean, suggest, Diagnostic, Diagnostics, Pos, Source};
 use crate::inventory::Inventory;
-use crate::model::{parse_duration, Retry, SecretDef, SecretSource, StepDef, Workflow};
+use crate::model::{parse_duration, Retry, SecretDef, StepDef, Workflow};
 use crate::registry::Registry;
 use crate::step::{KindInfo, ParamType};
 use crate::template::{self, Templates};
@@ -410,38 +410,7 @@ fn str_list(src: &Source, v: &Yaml, what: &str, errs: &mut Diagnostics) -> Vec<(
 }
 
 fn parse_secret(src: &Source, k: &Key, v: &Yaml, errs: &mut Diagnostics) -> Option<SecretDef> {
-    const VALID: &[&str] = &["env", "file", "command"];
-    let entries = v.as_map().filter(|m| m.len() == 1);
-    let Some([(sk, sv)]) = entries else {
-        errs.push(
-            Diagnostic::at(src, v.pos, format!("secret `{}` needs exactly one source", k.name))
-                .help("write `{ env: VAR }`, `{ file: PATH }` or `{ command: \"...\" }`"),
-        );
-        return None;
-    };
-    let Some(text) = sv.scalar_text() else {
-        errs.push(Diagnostic::at(
-            src,
-            sv.pos,
-            format!("the `{}` of secret `{}` must be a string", sk.name, k.name),
-        ));
-        return None;
-    };
-    let source = match sk.name.as_str() {
-        "env" => SecretSource::Env(text),
-        "file" => SecretSource::File(crate::paths::expand_home(&text)),
-        "command" => SecretSource::Command(text),
-        _ => {
-            errs.push(unknown_key(src, sk, &format!("secret `{}`", k.name), VALID));
-            return None;
-        }
-    };
-    Some(SecretDef {
-        name: k.name.clone(),
-        source,
-        file: src.path.clone(),
-        pos: k.pos,
-    })
+    crate::secrets::parse_def(src, k, v, errs)
 }
 
 fn parse_step(
@@ -1066,6 +1035,48 @@ fn check_templates(def: &StepDef, src: &Source, node: &Yaml, known: &KnownVars, 
         let mut extra = vec!["outputs"];
         extra.extend_from_slice(item);
         check(until, "`retry.until`", &extra);
+    }
+    check_template_file(def, src, node, known, handler, item, errs);
+}
+
+/// The variables a step's template file reads (`template`'s `src`), checked
+/// like those of its parameters; errors point at `src` and name the file's line.
+fn check_template_file(
+    def: &StepDef,
+    src: &Source,
+    node: &Yaml,
+    known: &KnownVars,
+    handler: bool,
+    item: &[&str],
+    errs: &mut Diagnostics,
+) {
+    use crate::template_files::{check, Checked, TEMPLATE_FILE_PARAMS};
+    let Some((_, param)) = TEMPLATE_FILE_PARAMS.iter().find(|(k, _)| *k == def.kind_name()) else {
+        return;
+    };
+    let Some(v) = node.get("with").and_then(|w| w.get(param)) else {
+        return;
+    };
+    let Some(file) = v.as_str() else { return };
+    match check(&def.dir, file) {
+        Checked::Skipped => {}
+        Checked::Invalid(e) => errs.push(Diagnostic::at(
+            src,
+            v.pos,
+            format!("template of step `{}`: {}", def.id, e.message),
+        )),
+        Checked::Refs(refs) => {
+            for r in refs {
+                if let Some(problem) = known.problem(&r.var.path, def, handler, item) {
+                    let at = r.line.map_or_else(|| file.to_owned(), |l| format!("{file}:{l}"));
+                    errs.push(Diagnostic::at(
+                        src,
+                        v.pos,
+                        format!("{problem}, in template `{at}` of step `{}`", def.id),
+                    ));
+                }
+            }
+        }
     }
 }
 

@@ -33,18 +33,22 @@ impl Workflow {
     }
 }
 
-/// Where a secret's value comes from.
-#[derive(Debug, Clone)]
+/// One place a secret's value may come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {
     Env(String),
-    File(PathBuf),
+    /// A path as written: `~` and `$VAR` are expanded when the secret is resolved.
+    File(String),
     Command(String),
 }
 
+/// A secret: its sources in the order they are tried (the first that is
+/// set wins), and whether none being set is fine (the value is then empty).
 #[derive(Debug, Clone)]
 pub struct SecretDef {
     pub name: String,
-    pub source: SecretSource,
+    pub sources: Vec<SecretSource>,
+    pub optional: bool,
     pub file: PathBuf,
     pub pos: Pos,
 }

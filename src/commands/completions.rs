@@ -97,7 +97,13 @@ FLOWRUN_INVENTORY
 The inventory when \fB\-i\fR is not given.
 .TP
 FLOWRUN_JOURNAL
-The journal when \fB\-\-journal\fR is not given.
+The journal when \fB\-\-journal\fR is not given: a file, or \fIpostgres://USER@HOST:PORT/DB?sslmode=verify-full\fR for a journal shared by several controllers.
+.TP
+FLOWRUN_JOURNAL_KEY_FILE
+The journal key when \fB\-\-journal\-key\fR is not given (controllers sharing a journal share it).
+.TP
+PGPASSWORD, PGPASSFILE, FLOWRUN_JOURNAL_PASSWORD_FILE
+The password of a PostgreSQL journal (also \fI~/.pgpass\fR); never on the command line.
 .TP
 FLOWRUN_WORKFLOWS
 Where workflow names are looked up (default \fI./workflows\fR).

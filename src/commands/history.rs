@@ -1,20 +1,20 @@
 //! The journal's run history: `flowrun history`, `show RUN_ID`, and `forget`
-//! (records removed so those steps run again). Journal maintenance commands
-//! (`flowrun journal ...`) belong in a `commands/journal.rs` of their own.
+//! (records removed so those steps run again). Journal upkeep
+//! (`flowrun journal ...`) is `commands/journal.rs`.
 
+use crate::cli::JournalArgs;
 use crate::error::Error;
 use crate::exit::ExitStatus;
-use crate::load::open_journal;
-use std::path::Path;
+use crate::journal::open as open_journal;
 
-pub fn history(journal: Option<&Path>, workflow: Option<&str>, limit: usize) -> Result<ExitStatus, Error> {
+pub fn history(journal: &JournalArgs, workflow: Option<&str>, limit: usize) -> Result<ExitStatus, Error> {
     let (j, _) = open_journal(journal)?;
     let rows = j.history(workflow, limit)?;
     print!("{}", crate::output::history::runs(&rows));
     Ok(ExitStatus::Success)
 }
 
-pub fn show(journal: Option<&Path>, run_id: &str) -> Result<ExitStatus, Error> {
+pub fn show(journal: &JournalArgs, run_id: &str) -> Result<ExitStatus, Error> {
     let (j, _) = open_journal(journal)?;
     let Some((run, steps)) = j.show(run_id)? else {
         return Err(Error::invalid(format!("no run `{run_id}` in the journal")));
@@ -24,7 +24,7 @@ pub fn show(journal: Option<&Path>, run_id: &str) -> Result<ExitStatus, Error> {
 }
 
 pub fn forget(
-    journal: Option<&Path>,
+    journal: &JournalArgs,
     workflow: Option<&str>,
     step: Option<&str>,
     host: Option<&str>,

@@ -4,6 +4,7 @@
 mod completions;
 mod graph;
 mod history;
+mod journal;
 mod list;
 mod plan;
 mod run;
@@ -23,14 +24,15 @@ pub fn dispatch(cli: Cli) -> Result<ExitStatus, Error> {
         Command::Graph(args) => graph::graph(&args.workflow, args.format, &args.common),
         Command::List(args) => list::list(args.names),
         Command::Steps(args) => steps::steps(args.name.as_deref()),
-        Command::History(args) => history::history(args.journal.as_deref(), args.workflow.as_deref(), args.limit),
-        Command::Show(args) => history::show(args.journal.as_deref(), &args.run_id),
+        Command::History(args) => history::history(&args.journal, args.workflow.as_deref(), args.limit),
+        Command::Show(args) => history::show(&args.journal, &args.run_id),
         Command::Forget(args) => history::forget(
-            args.journal.as_deref(),
+            &args.journal,
             args.workflow.as_deref(),
             args.step.as_deref(),
             args.host.as_deref(),
         ),
+        Command::Journal(cmd) => journal::journal(cmd),
         Command::Schema(args) => schema::schema(args.kind),
         Command::Completions(args) => completions::completions(args.shell),
         Command::Man => completions::man(),

@@ -5,8 +5,9 @@
 use crate::cli::Common;
 use crate::error::Error;
 use crate::exit::ExitStatus;
-use crate::load::{journal_path, open_journal, registry, Loaded};
+use crate::load::{registry, Loaded};
 use flowrun_engine::exec::{self, RunOptions};
+use flowrun_engine::journal::Location;
 use flowrun_engine::secrets::{self, Masker};
 
 pub fn plan(arg: &str, common: &Common) -> Result<ExitStatus, Error> {
@@ -16,10 +17,15 @@ pub fn plan(arg: &str, common: &Common) -> Result<ExitStatus, Error> {
     let masker = Masker::global();
     // Secrets are only needed to predict fingerprints; without them, say "unknown".
     let secret_values = secrets::resolve(&loaded.workflow.secrets, &masker).ok();
-    let path = journal_path(common.journal.as_deref());
-    let prediction = match (&secret_values, path.exists()) {
+    let location = crate::journal::location(&common.journal)?;
+    // A journal file that does not exist yet predicts nothing (and is not created).
+    let exists = match &location {
+        Location::Sqlite(path) => path.exists(),
+        Location::Postgres(_) => true,
+    };
+    let prediction = match (&secret_values, exists) {
         (Some(sv), true) => {
-            let (journal, key) = open_journal(common.journal.as_deref())?;
+            let (journal, key) = crate::journal::open_at(&location, common.journal.journal_key.as_deref())?;
             let records = journal.load(&loaded.workflow.name)?;
             let opts = RunOptions {
                 extra_vars: loaded.extra.clone(),

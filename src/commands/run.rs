@@ -4,7 +4,7 @@
 use crate::cli::{OutputFormat, RunArgs};
 use crate::error::Error;
 use crate::exit::ExitStatus;
-use crate::load::{open_journal, registry, runtime, Loaded};
+use crate::load::{registry, runtime, Loaded};
 use crate::output::lines::LinePrinter;
 use flowrun_engine::exec::{self, RunEnv, RunError, RunOptions};
 use flowrun_engine::pool::Pool;
@@ -14,13 +14,24 @@ use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 
+/// Each host of the plan with its number of steps (for the progress bars).
+fn host_totals(plan: &flowrun_engine::plan::Plan) -> Vec<(String, u64)> {
+    plan.active_hosts
+        .iter()
+        .map(|h| {
+            let n = plan.nodes.iter().filter(|n| n.host.name == h.name).count();
+            (h.name.clone(), u64::try_from(n).unwrap_or(0))
+        })
+        .collect()
+}
+
 pub fn run(args: &RunArgs, quiet: bool) -> Result<ExitStatus, Error> {
     let registry = registry();
     let loaded = Loaded::load(&args.workflow, &args.common, &registry)?;
     let plan = Arc::new(loaded.plan(args.common.limit.as_deref())?);
     let masker = Masker::global();
     let secret_values = secrets::resolve(&loaded.workflow.secrets, &masker)?;
-    let (journal, key) = open_journal(args.common.journal.as_deref())?;
+    let (journal, key) = crate::journal::open(&args.common.journal)?;
     let opts = RunOptions {
         check: args.check,
         diff: args.diff,
@@ -30,8 +41,10 @@ pub fn run(args: &RunArgs, quiet: bool) -> Result<ExitStatus, Error> {
         tags: args.tags.clone(),
         skip_tags: args.skip_tags.clone(),
         extra_vars: loaded.extra.clone(),
+        wait_lock: args.wait_lock,
     };
     let json = args.output == OutputFormat::Json;
+    let printer = Arc::new(LinePrinter::new(args.diff, quiet, json).with_progress(&host_totals(&plan)));
     let rt = runtime()?;
     let report = rt.block_on(async {
         let (tx, rx) = tokio::sync::watch::channel(None);
@@ -42,11 +55,12 @@ pub fn run(args: &RunArgs, quiet: bool) -> Result<ExitStatus, Error> {
             masker: masker.clone(),
             secrets: secret_values,
             pool: Arc::new(Pool::new(flowrun_engine::transport::default_connector())),
-            sink: Arc::new(LinePrinter::new(args.diff, quiet, json)),
+            sink: printer.clone(),
             interrupt: rx,
         };
-        exec::run(plan, opts, env).await
+        exec::run(plan.clone(), opts, env).await
     });
+    printer.finish();
     let report = match report {
         Ok(r) => r,
         Err(RunError::Locked(holder)) => {
@@ -54,6 +68,10 @@ pub fn run(args: &RunArgs, quiet: bool) -> Result<ExitStatus, Error> {
                 workflow: loaded.workflow.name.clone(),
                 holder,
             })
+        }
+        Err(RunError::Interrupted(sig)) => {
+            eprintln!("interrupted by signal {sig} while waiting for the lock: nothing was run");
+            return Ok(ExitStatus::Interrupted(sig));
         }
         Err(RunError::Journal(e)) => return Err(e.into()),
         Err(RunError::Random(e)) => return Err(Error::io("cannot draw a run id", e)),

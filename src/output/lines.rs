@@ -1,10 +1,13 @@
 //! Printing results as they come: one plain line per step instance (the
 //! format CI logs and cron mails keep), diffs with `--diff`, and, on a
-//! terminal, a live status line on stderr naming the steps still running.
+//! terminal, live per-host progress bars on stderr (see `progress`) and
+//! colour (see `paint`). Lines are printed with the bars out of the way,
+//! so neither garbles the other.
 
+use super::{paint, progress::Progress};
 use flowrun_engine::exec::EventSink;
 use flowrun_engine::report::{InstanceResult, Status};
-use std::io::{IsTerminal, Write as _};
+use std::io::Write as _;
 use std::sync::Mutex;
 
 pub struct LinePrinter {
@@ -12,74 +15,73 @@ pub struct LinePrinter {
     pub quiet: bool,
     /// Nothing at all (JSON output owns stdout).
     pub silent: bool,
-    /// Live status line: on when stderr is a terminal and not in CI.
-    live: bool,
-    running: Mutex<Vec<String>>,
+    colour: bool,
+    progress: Option<Progress>,
+    /// One line at a time, whole.
+    out: Mutex<()>,
 }
 
 impl LinePrinter {
     pub fn new(diff: bool, quiet: bool, silent: bool) -> Self {
-        let live = !quiet && std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
         Self {
             diff,
             quiet,
             silent,
-            live,
-            running: Mutex::new(Vec::new()),
+            colour: !silent && paint::wanted(),
+            progress: None,
+            out: Mutex::new(()),
         }
     }
 
-    fn label(step: &str, host: &str, item: Option<&str>) -> String {
-        match item {
-            Some(i) => format!("{step} [{host}] ({i})"),
-            None => format!("{step} [{host}]"),
+    /// Live bars for these hosts (with their numbers of steps), when on a
+    /// terminal and neither `-q` nor JSON output.
+    #[must_use]
+    pub fn with_progress(mut self, hosts: &[(String, u64)]) -> Self {
+        if !self.quiet && !self.silent && !hosts.is_empty() && super::progress::wanted() {
+            self.progress = Some(Progress::new(hosts));
         }
+        self
     }
 
-    /// Redraw the status line (or clear it when nothing runs).
-    fn draw(&self, running: &[String]) {
-        let mut err = std::io::stderr().lock();
-        let _ = write!(err, "\r\x1b[2K");
-        if !running.is_empty() {
-            let mut line = format!("running {}: {}", running.len(), running.join(", "));
-            if line.chars().count() > 100 {
-                line = line.chars().take(97).collect::<String>() + "...";
-            }
-            let _ = write!(err, "{line}");
+    /// The run is over: the bars go, the recap follows on a clean screen.
+    pub fn finish(&self) {
+        if let Some(p) = &self.progress {
+            p.finish();
         }
-        let _ = err.flush();
     }
 }
 
 impl EventSink for LinePrinter {
     fn started(&self, step: &str, host: &str, item: Option<&str>) {
-        if self.live && !self.silent {
-            let mut running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            running.push(Self::label(step, host, item));
-            self.draw(&running);
+        if let Some(p) = &self.progress {
+            p.started(step, host, item);
         }
     }
 
     fn finished(&self, r: &InstanceResult) {
-        let mut running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if self.live {
-            let label = Self::label(&r.step_id, &r.host, r.item.as_deref());
-            if let Some(i) = running.iter().position(|x| *x == label) {
-                running.remove(i);
-            }
-            self.draw(&[]);
+        if let Some(p) = &self.progress {
+            p.finished(&r.step_id, &r.host, r.item.as_deref(), r.handler);
         }
-        if !(self.silent || (self.quiet && !matches!(r.status, Status::Failed | Status::Unreachable))) {
-            print_result(r, self.diff);
+        if self.silent || (self.quiet && !matches!(r.status, Status::Failed | Status::Unreachable)) {
+            return;
         }
-        if self.live && !self.silent {
-            self.draw(&running);
+        let text = render(r, self.diff, self.colour);
+        let _guard = self.out.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let write = || {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(text.as_bytes());
+            let _ = out.flush();
+        };
+        match &self.progress {
+            Some(p) => p.print(write),
+            None => write(),
         }
     }
 }
 
-fn print_result(r: &InstanceResult, diff: bool) {
-    let mut line = format!("{}: [{}] ", r.status.as_str(), r.host);
+/// The line (and diff) of one result.
+fn render(r: &InstanceResult, diff: bool, colour: bool) -> String {
+    let mut line = format!("{}: [{}] ", paint::status(colour, r.status), r.host);
     if r.handler {
         line.push_str("handler ");
     }
@@ -101,11 +103,11 @@ fn print_result(r: &InstanceResult, diff: bool) {
             line.push_str(l);
         }
     }
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
+    line.push('\n');
     if diff {
-        if let Some(d) = &r.diff {
-            let _ = writeln!(out, "{}", d.trim_end());
+        if let Some(d) = r.diff.as_deref().filter(|d| !d.trim().is_empty()) {
+            line.push_str(&paint::diff(colour, d));
         }
     }
+    line
 }

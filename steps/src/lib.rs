@@ -31,6 +31,7 @@ pub mod firewall;
 pub mod http;
 pub mod k8s_apply;
 pub mod line;
+pub mod probe;
 pub mod service;
 pub mod template;
 pub mod user;
@@ -47,6 +48,7 @@ pub fn registry() -> Vec<Box<dyn StepKind>> {
         Box::new(template::TemplateKind),
         Box::new(line::LineKind),
         Box::new(assert::AssertKind),
+        Box::new(probe::ProbeKind),
         Box::new(wait_for::WaitForKind),
         Box::new(http::HttpKind),
         Box::new(proxmox_vm::ProxmoxVmKind),

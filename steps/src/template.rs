@@ -1,5 +1,6 @@
-//! `template`: a file rendered from a handlebars template beside the
-//! workflow. Rendering happens when the step is built (strict: an undefined
+//! `template`: a file rendered from a template beside the workflow, Jinja2
+//! for `.j2` files (so Ansible roles' templates work unchanged), handlebars
+//! otherwise. Rendering happens when the step is built (strict: an undefined
 //! variable is an error naming it and the template); from then on it is
 //! exactly a `copy` of the rendered text.
 
@@ -14,7 +15,7 @@ pub struct TemplateKind;
 static INFO: KindInfo = KindInfo {
     name: "template",
     version: 1,
-    doc: "Render a handlebars template (strict: undefined variables are errors) into a file on the target",
+    doc: "Render a template into a file on the target: Jinja2 for `.j2` files (as Ansible), handlebars otherwise; strict: undefined variables are errors",
     params: &[
         ParamSpec::req(
             "src",
@@ -43,7 +44,14 @@ impl StepKind for TemplateKind {
         let src = p.str("src")?;
         let text = String::from_utf8(read_src(cx, "src", &src)?)
             .map_err(|_| StepError::param("src", format!("`{src}` is not UTF-8 text")))?;
-        let rendered = cx.render(&format!("template `{src}`"), &text)?;
+        let rendered = if src.ends_with(".j2") {
+            // Jinja2, as Ansible roles write it: errors name `src:line`.
+            let name = cx.workflow_path(&src).display().to_string();
+            flowrun_engine::jinja::render(&name, &text, cx.vars)
+                .map_err(|e| StepError::failed(format!("template {e}")))?
+        } else {
+            cx.render(&format!("template `{src}`"), &text)?
+        };
         Ok(Box::new(ContentStep::from_params(&p, rendered.into_bytes())?))
     }
 }
