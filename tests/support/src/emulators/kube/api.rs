@@ -404,6 +404,8 @@ fn status_update(state: &mut State, w: &Write<'_>, new: Value) -> Result<(u16, V
     if let Some(s) = state.objects.get_mut(&key) {
         s.value = obj;
         s.entries = outcome.entries;
+        s.settled = None;
+        s.next_check = None;
     }
     Ok((200, rendered))
 }

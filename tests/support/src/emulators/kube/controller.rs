@@ -59,12 +59,16 @@ pub fn tick(state: &mut State) {
         let Some(stored) = state.objects.get_mut(&key) else {
             continue;
         };
-        if stored.value["spec"]["paused"] == json!(true) {
+        if stored.settled == Some(never) || stored.value["spec"]["paused"] == json!(true) {
+            continue;
+        }
+        if stored.settled.is_none() && stored.next_check.is_some_and(|t| now < t) {
             continue;
         }
         let elapsed = now.saturating_duration_since(stored.spec_changed);
         // The controller observes a change after a quarter of the rollout time.
         if elapsed < rollout / 4 {
+            stored.next_check = Some(stored.spec_changed + rollout / 4);
             continue;
         }
         let template = stored.value["spec"]["template"].clone();
@@ -74,6 +78,10 @@ pub fn tick(state: &mut State) {
         }
         let name = key.2.clone();
         let rs = format!("{name}-{}", template_hash(&template));
+        let deadline = Duration::from_secs(stored.value["spec"]["progressDeadlineSeconds"].as_u64().unwrap_or(600));
+        let terminal = if never { elapsed >= deadline } else { elapsed >= rollout };
+        // The next moment the status can change: the rollout's end, or the deadline.
+        stored.next_check = Some(stored.spec_changed + if never { deadline } else { rollout });
         let mut status = desired(&stored.value, &rs, never, elapsed, rollout);
         // Keep condition times when the condition did not change.
         let old_status = stored.value["status"].clone();
@@ -91,6 +99,9 @@ pub fn tick(state: &mut State) {
         let revision = stored.revision.to_string();
         let annotation = stored.value["metadata"]["annotations"][REVISION].as_str() == Some(revision.as_str());
         if old_status == status && annotation {
+            if terminal {
+                stored.settled = Some(never);
+            }
             continue;
         }
         let mut new = stored.value.clone();
@@ -115,6 +126,9 @@ pub fn tick(state: &mut State) {
         stored.value = outcome.object;
         stored.value["metadata"]["resourceVersion"] = json!(state.rv.to_string());
         stored.entries = outcome.entries;
+        if terminal {
+            stored.settled = Some(never);
+        }
     }
 }
 

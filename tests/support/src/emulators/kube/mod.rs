@@ -305,13 +305,30 @@ impl KubeEmulator {
             .collect()
     }
 
+    /// Delete an object (as `kubectl delete` would, by manager-less request).
+    pub fn delete(&self, api_version: &str, kind: &str, ns: &str, name: &str) -> Result<Value, Value> {
+        let res = resources::by_kind(api_version, kind).ok_or_else(|| json!({"message": "not served"}))?;
+        let w = Write {
+            res,
+            ns,
+            name,
+            manager: "",
+            dry_run: false,
+        };
+        lock(&self.state).delete(&w).map_err(|f| f.body)
+    }
+
     /// The Deployment `name` (or every one, with `*`) never gets available pods.
     pub fn set_never_available(&self, name: &str) {
-        lock(&self.state).never_available.insert(name.to_owned());
+        let mut state = lock(&self.state);
+        state.never_available.insert(name.to_owned());
+        state.objects.values_mut().for_each(|s| s.next_check = None);
     }
 
     pub fn set_available(&self, name: &str) {
-        lock(&self.state).never_available.remove(name);
+        let mut state = lock(&self.state);
+        state.never_available.remove(name);
+        state.objects.values_mut().for_each(|s| s.next_check = None);
     }
 
     /// Every request so far, oldest first.

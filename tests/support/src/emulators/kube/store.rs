@@ -24,6 +24,10 @@ pub struct Stored {
     /// The controller's revision count and the template it last saw.
     pub revision: u64,
     pub template: Value,
+    /// The controller has nothing more to do (for this never-available setting) until the next write.
+    pub settled: Option<bool>,
+    /// Before this, the controller has nothing to report (the next step of a rollout is later).
+    pub next_check: Option<Instant>,
 }
 
 /// (resource, namespace, name); the namespace is empty for cluster-scoped objects.
@@ -342,6 +346,8 @@ impl State {
                 spec_changed: if spec_changed { Instant::now() } else { l.spec_changed },
                 revision: l.revision,
                 template: l.template,
+                settled: None,
+                next_check: None,
             },
             None => Stored {
                 value: obj,
@@ -349,6 +355,8 @@ impl State {
                 spec_changed: Instant::now(),
                 revision: 0,
                 template: Value::Null,
+                settled: None,
+                next_check: None,
             },
         };
         self.objects.insert(w.key(), stored);
