@@ -260,7 +260,7 @@ impl PgServer {
     /// end of its stdin closes (this process ended).
     fn spawn_watchdog(&self) -> io::Result<(Child, ChildStdin)> {
         let script = format!(
-            "read _ ; '{}' -D '{}' stop -m immediate >/dev/null 2>&1; rm -rf '{}'/* 2>/dev/null",
+            "read _ ; '{}' -D '{}' stop -m immediate >/dev/null 2>&1; rm -rf '{}' 2>/dev/null",
             self.bin.join("pg_ctl").display(),
             self.data().display(),
             self.dir.path().display()
