@@ -74,6 +74,23 @@ impl Sandbox {
         }
     }
 
+    /// A sandbox whose journal is a fresh schema on `server`.
+    pub fn on_server(server: &PgServer) -> Self {
+        let schema = PgServer::fresh_schema();
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+            pg: Some((server.url(&schema), schema)),
+        }
+    }
+
+    /// A second controller: its own directory, the same journal as `other`.
+    pub fn sharing(other: &Self) -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+            pg: other.pg.clone(),
+        }
+    }
+
     /// The journal as `--journal` and `FLOWRUN_JOURNAL` take it.
     pub fn journal(&self) -> String {
         match &self.pg {
