@@ -463,7 +463,13 @@ fn a_canary_secret_never_leaks(journal: Journal) {
     assert!(!seen.contains(CANARY), "the secret leaked:\n{seen}");
     // The file the workflow wrote has it, as it should.
     assert!(sb.read("secret.txt").contains(CANARY));
-    for f in ["journal.db", "journal.db-wal", "journal.db-shm", "journal.db.key", "journal.key"] {
+    for f in [
+        "journal.db",
+        "journal.db-wal",
+        "journal.db-shm",
+        "journal.db.key",
+        "journal.key",
+    ] {
         let bytes = std::fs::read(sb.path(f)).unwrap_or_default();
         assert!(
             !bytes.windows(CANARY.len()).any(|w| w == CANARY.as_bytes()),
@@ -481,7 +487,9 @@ fn a_canary_secret_never_leaks(journal: Journal) {
             assert!(!dump.contains(CANARY), "{table} contains the secret:\n{dump}");
         }
         let enc = pg
-            .sql(&format!("SELECT encode(outputs_enc, 'escape') FROM {schema}.records WHERE outputs_enc IS NOT NULL"))
+            .sql(&format!(
+                "SELECT encode(outputs_enc, 'escape') FROM {schema}.records WHERE outputs_enc IS NOT NULL"
+            ))
             .unwrap();
         assert!(!enc.is_empty(), "the secret output is journaled, encrypted");
         assert!(!enc.contains(CANARY), "an encrypted record holds the secret in clear");

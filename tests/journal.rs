@@ -2,7 +2,7 @@
 //! queue instead of failing, the journal key, and journal upkeep
 //! (`flowrun journal migrate|copy|prune|stats`).
 
-use crate::harness::{Journal, Sandbox};
+use crate::harness::{on_both_journals, Journal, Sandbox};
 use flowrun_lab::postgres::PgServer;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -30,14 +30,19 @@ fn wait_for_file(sb: &Sandbox, rel: &str) {
     }
 }
 
-#[test]
-fn a_second_run_waits_in_line_for_the_lock_and_then_finds_the_work_done() {
-    let sb = Sandbox::new();
+on_both_journals!(
+    a_second_run_waits_in_line_for_the_lock_and_then_finds_the_work_done,
+    a_wait_that_runs_out_exits_3_naming_the_holder,
+    a_signal_ends_a_wait_for_the_lock_and_nothing_runs,
+);
+
+fn a_second_run_waits_in_line_for_the_lock_and_then_finds_the_work_done(journal: Journal) {
+    let sb = Sandbox::on(journal);
     sb.write("wf.yml", SLOW);
     let first = sb.cmd(&["run", "wf.yml"]).cmd.stdout(Stdio::null()).spawn().unwrap();
     wait_for_file(&sb, "started");
     let r = sb.run(&["run", "wf.yml", "--wait-lock", "60s"], 0);
-    r.stderr_has("waiting for the lock of `wf`");
+    r.stderr_has("waiting up to 1m for the lock of `wf`, held by host ");
     // It ran after the first one finished: everything came from the journal.
     assert!(r.recap("localhost").contains("ok=3 changed=0"), "{}", r.stdout);
     assert_eq!(sb.lines("side"), ["first", "slow", "last"], "nothing ran twice");
@@ -45,9 +50,8 @@ fn a_second_run_waits_in_line_for_the_lock_and_then_finds_the_work_done() {
     assert_eq!(first.wait().unwrap().code(), Some(0));
 }
 
-#[test]
-fn a_wait_that_runs_out_exits_3_naming_the_holder() {
-    let sb = Sandbox::new();
+fn a_wait_that_runs_out_exits_3_naming_the_holder(journal: Journal) {
+    let sb = Sandbox::on(journal);
     sb.write("wf.yml", SLOW);
     let mut first = sb
         .cmd(&["run", "wf.yml", "-e", "secs=6"])
@@ -64,6 +68,44 @@ fn a_wait_that_runs_out_exits_3_naming_the_holder() {
         .stderr_has("host ")
         .stderr_has(" since ");
     assert_eq!(first.wait().unwrap().code(), Some(0));
+    assert_eq!(sb.lines("side"), ["first", "slow", "last"]);
+}
+
+fn a_signal_ends_a_wait_for_the_lock_and_nothing_runs(journal: Journal) {
+    let sb = Sandbox::on(journal);
+    sb.write("wf.yml", SLOW);
+    let mut first = sb
+        .cmd(&["run", "wf.yml", "-e", "secs=5"])
+        .cmd
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_file(&sb, "started");
+    let waiter = sb
+        .cmd(&["run", "wf.yml", "-e", "secs=0", "--wait-lock", "10m"])
+        .cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let t0 = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &waiter.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = waiter.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    assert!(t0.elapsed() < Duration::from_secs(4), "the wait ended at once");
+    assert!(
+        stderr.contains("while waiting for the lock: nothing was run"),
+        "{stderr}"
+    );
+    assert_eq!(first.wait().unwrap().code(), Some(0));
+    // The waiter did not take the lock on its way out: a new run gets it.
+    sb.run(&["run", "wf.yml", "-e", "secs=5"], 0);
     assert_eq!(sb.lines("side"), ["first", "slow", "last"]);
 }
 
@@ -134,7 +176,7 @@ fn two_controllers() -> (Sandbox, Sandbox) {
     (a, b)
 }
 
-fn b_cmd<'a>(a: &Sandbox, b: &'a Sandbox, args: &[&str]) -> crate::harness::Cmd {
+fn b_cmd(a: &Sandbox, b: &Sandbox, args: &[&str]) -> crate::harness::Cmd {
     b.cmd(args)
         .env("FLOWRUN_JOURNAL_KEY_FILE", a.path("journal.key").to_str().unwrap())
 }
@@ -154,7 +196,12 @@ fn two_controllers_one_runs_the_other_exits_3_or_waits_and_nothing_runs_twice() 
         .stderr_has(&format!("pid {}", first.id()))
         .stderr_has(&format!("host {}", flowrun_engine::journal::this_host()));
     // With --wait-lock, B queues behind A and then finds A's work done.
-    let r = b_cmd(&a, &b, &["run", "wf.yml", "-i", "hosts.yml", "-e", "secs=4", "--wait-lock", "2m"]).expect(0);
+    let r = b_cmd(
+        &a,
+        &b,
+        &["run", "wf.yml", "-i", "hosts.yml", "-e", "secs=4", "--wait-lock", "2m"],
+    )
+    .expect(0);
     r.stderr_has("waiting up to 2m for the lock of `wf`");
     assert!(r.recap("localhost").contains("ok=3 changed=0"), "{}", r.stdout);
     assert_eq!(first.wait().unwrap().code(), Some(0));
@@ -173,23 +220,43 @@ fn kill_9_of_the_lock_holder_frees_the_lock_at_once_and_the_next_run_resumes() {
         .spawn()
         .unwrap();
     let schema = a.pg_schema().unwrap().to_owned();
-    wait_for_sql(pg(), &format!("SELECT count(*) FROM {schema}.records WHERE step_id = 'first'"), "1");
-    let waiter = b_cmd(&a, &b, &["run", "wf.yml", "-i", "hosts.yml", "-e", "secs=0", "--wait-lock", "5m"])
-        .cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    wait_for_sql(
+        pg(),
+        &format!("SELECT count(*) FROM {schema}.records WHERE step_id = 'first'"),
+        "1",
+    );
+    let waiter = b_cmd(
+        &a,
+        &b,
+        &["run", "wf.yml", "-i", "hosts.yml", "-e", "secs=0", "--wait-lock", "5m"],
+    )
+    .cmd
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     // The waiter is in the server's lock queue.
-    wait_for_sql(pg(), "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted", "t");
+    wait_for_sql(
+        pg(),
+        "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        "t",
+    );
     let killed = Instant::now();
     holder.kill().unwrap();
     holder.wait().unwrap();
     let out = waiter.wait_with_output().unwrap();
     let took = killed.elapsed();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(took < Duration::from_secs(10), "the waiter took {took:?} after the kill");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "the waiter took {took:?} after the kill"
+    );
     // It resumed: `first` from the journal, the rest ran.
     assert!(stdout.contains("ok: [localhost] first (journal)"), "{stdout}");
     assert_eq!(a.lines("side"), ["first", "slow", "last"]);
@@ -222,14 +289,23 @@ fn the_server_stopped_mid_run_fails_the_run_and_the_next_run_resumes() {
         "#,
     );
     let schema = sb.pg_schema().unwrap().to_owned();
-    let run = sb.cmd(&["run", "wf.yml"]).cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let run = sb
+        .cmd(&["run", "wf.yml"])
+        .cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     wait_for_sql(&server, &format!("SELECT count(*) FROM {schema}.records"), "1");
     server.stop().unwrap();
     let t0 = Instant::now();
     let out = run.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(t0.elapsed() < Duration::from_secs(8), "the run stopped at the failure, not after `last`");
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "the run stopped at the failure, not after `last`"
+    );
     assert!(stderr.contains("error: journal"), "{stderr}");
     assert!(stderr.contains("were not recorded and run again next time"), "{stderr}");
     assert!(!sb.lines("side").contains(&"last".to_owned()), "`last` was stopped");
@@ -241,7 +317,11 @@ fn the_server_stopped_mid_run_fails_the_run_and_the_next_run_resumes() {
     assert_eq!(recorded, "first");
     let r = sb.run(&["run", "wf.yml"], 0);
     r.stdout_has("ok: [localhost] first (journal)");
-    assert_eq!(sb.lines("side"), ["first", "slow", "slow", "last"], "slow ran again: it was not recorded");
+    assert_eq!(
+        sb.lines("side"),
+        ["first", "slow", "slow", "last"],
+        "slow ran again: it was not recorded"
+    );
 }
 
 const ONE_STEP: &str = "steps:\n  - id: a\n    uses: command\n    with: { shell: \"echo a >> side\" }\n";
@@ -261,12 +341,26 @@ fn wrong_password_unreachable_server_wrong_key_and_newer_schema_are_clear_errors
     let r = sb.run(&["run", "wf.yml", "--journal", &with_pw], 2);
     r.stderr_has("carries a password");
     assert!(!r.stderr.contains("hunter2-secret"), "{}", r.stderr);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let nowhere = format!("postgres://flowrun@127.0.0.1:{port}/flowrun?sslmode=disable");
     sb.run(&["run", "wf.yml", "--journal", &nowhere], 1)
-        .stderr_has(&format!("journal `postgres://flowrun@127.0.0.1:{port}/flowrun?sslmode=disable`: cannot connect"));
-    sb.run(&["run", "wf.yml", "--journal", "postgres://flowrun@192.0.2.1/flowrun?sslmode=disable"], 2)
-        .stderr_has("only allowed for a server on loopback");
+        .stderr_has(&format!(
+            "journal `postgres://flowrun@127.0.0.1:{port}/flowrun?sslmode=disable`: cannot connect"
+        ));
+    sb.run(
+        &[
+            "run",
+            "wf.yml",
+            "--journal",
+            "postgres://flowrun@192.0.2.1/flowrun?sslmode=disable",
+        ],
+        2,
+    )
+    .stderr_has("only allowed for a server on loopback");
     assert!(!sb.exists("side"), "nothing ran");
 
     sb.run(&["run", "wf.yml"], 0);
@@ -277,10 +371,12 @@ fn wrong_password_unreachable_server_wrong_key_and_newer_schema_are_clear_errors
         .expect(2)
         .stderr_has("was written with another key")
         .stderr_has("nothing was run");
-    pg().sql(&format!("UPDATE {schema}.schema_version SET version = 99")).unwrap();
+    pg().sql(&format!("UPDATE {schema}.schema_version SET version = 99"))
+        .unwrap();
     sb.run(&["run", "wf.yml"], 2)
         .stderr_has("has schema version 99, newer than this flowrun knows (2): upgrade flowrun");
-    pg().sql(&format!("UPDATE {schema}.schema_version SET version = 2")).unwrap();
+    pg().sql(&format!("UPDATE {schema}.schema_version SET version = 2"))
+        .unwrap();
     assert_eq!(sb.lines("side"), ["a"], "only the good run ran");
     sb.run(&["run", "wf.yml"], 0).stdout_has("ok: [localhost] a (journal)");
 }
@@ -293,8 +389,12 @@ fn sqlite_a_wrong_key_file_is_refused_too() {
     std::fs::write(sb.path("journal.db.key"), [7u8; 32]).unwrap();
     sb.run(&["run", "wf.yml"], 2).stderr_has("was written with another key");
     std::fs::remove_file(sb.path("journal.db.key")).unwrap();
-    sb.run(&["run", "wf.yml"], 2).stderr_has("does not exist: copy it from a controller");
-    assert!(!sb.exists("journal.db.key"), "no new key was made for a journal that has one");
+    sb.run(&["run", "wf.yml"], 2)
+        .stderr_has("does not exist: copy it from a controller");
+    assert!(
+        !sb.exists("journal.db.key"),
+        "no new key was made for a journal that has one"
+    );
     assert_eq!(sb.lines("side"), ["a"]);
 }
 
@@ -309,7 +409,8 @@ fn tls_verify_full_against_the_servers_ca_and_a_foreign_ca_is_refused() {
     // The server logged the session as encrypted.
     let log = pg().log();
     assert!(
-        log.lines().any(|l| l.contains(&format!("application_name={app} SSL enabled"))),
+        log.lines()
+            .any(|l| l.contains(&format!("application_name={app} SSL enabled"))),
         "{log}"
     );
     sb.run(&["run", "wf.yml", "--journal", &tls], 0)

@@ -134,7 +134,10 @@ pub fn plan(
             active_hosts.push(h.clone());
         }
     }
-    let inventory_id = inventory.path.as_deref().map_or_else(|| "-".to_owned(), inventory_identity);
+    let inventory_id = inventory
+        .path
+        .as_deref()
+        .map_or_else(|| "-".to_owned(), inventory_identity);
     Ok(Plan {
         workflow,
         hosts,

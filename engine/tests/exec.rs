@@ -7,7 +7,6 @@ use async_trait::async_trait;
 use flowrun_engine::exec::{self, NoEvents, RunEnv, RunError, RunOptions};
 use flowrun_engine::inventory::Inventory;
 use flowrun_engine::journal::{Journal, Location};
-use flowrun_lab::postgres::PgServer;
 use flowrun_engine::loader::{self, LoadContext};
 use flowrun_engine::plan;
 use flowrun_engine::pool::Pool;
@@ -15,6 +14,7 @@ use flowrun_engine::registry::Registry;
 use flowrun_engine::report::{Outcome, RunReport, Status};
 use flowrun_engine::secrets::{Masker, SecretKey};
 use flowrun_engine::step::*;
+use flowrun_lab::postgres::PgServer;
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -128,7 +128,9 @@ impl Env {
             Backend::Sqlite => Location::Sqlite(dir.path().join("journal.db")),
             Backend::Postgres => {
                 let pg = PgServer::shared();
-                let url = pg.fresh_url().replace("flowrun@", &format!("flowrun:{}@", flowrun_lab::postgres::PASSWORD));
+                let url = pg
+                    .fresh_url()
+                    .replace("flowrun@", &format!("flowrun:{}@", flowrun_lab::postgres::PASSWORD));
                 Location::parse(&url).unwrap()
             }
         };
@@ -396,7 +398,11 @@ fn a_second_run_waits_for_the_lock_then_runs(backend: Backend) {
         .unwrap();
     assert_eq!(r.outcome, Outcome::Success);
     assert_eq!(t.join().unwrap().outcome, Outcome::Success);
-    assert_eq!(env.log(), ["slow 1", "slow 2"], "the second ran after the first, not beside it");
+    assert_eq!(
+        env.log(),
+        ["slow 1", "slow 2"],
+        "the second ran after the first, not beside it"
+    );
 }
 
 #[test]

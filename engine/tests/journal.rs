@@ -156,7 +156,10 @@ fn records_history_and_handlers_roundtrip(b: Backend) {
     j.notify("wf", "localhost", "restart");
     j.notify("wf", "localhost", "restart");
     j.flush().unwrap();
-    assert_eq!(j.pending_handlers("wf").unwrap(), [("localhost".to_owned(), "restart".to_owned())]);
+    assert_eq!(
+        j.pending_handlers("wf").unwrap(),
+        [("localhost".to_owned(), "restart".to_owned())]
+    );
     j.notified("wf", "localhost", "restart");
     j.delete("wf", key("a"));
     j.flush().unwrap();
@@ -177,9 +180,14 @@ fn the_lock_is_exclusive_and_names_its_holder(b: Backend) {
     assert_eq!(holder.pid, i64::from(std::process::id()));
     assert_eq!(holder.host, flowrun_engine::journal::this_host());
     assert!(holder.started_at > 0);
-    assert!(j2.lock("wf", "other-inventory", "r2").unwrap().is_none(), "one lock per inventory");
+    assert!(
+        j2.lock("wf", "other-inventory", "r2").unwrap().is_none(),
+        "one lock per inventory"
+    );
     // A wait that runs out names the holder too.
-    let held = j2.lock_wait("wf", "inv", "r2", Some(Duration::from_millis(300))).unwrap();
+    let held = j2
+        .lock_wait("wf", "inv", "r2", Some(Duration::from_millis(300)))
+        .unwrap();
     assert_eq!(held.unwrap().run_id, "r1");
     j1.unlock("wf", "inv", "r1");
     j1.flush().unwrap();
@@ -204,7 +212,10 @@ fn postgres_a_lock_holder_whose_session_ends_releases_the_lock() {
 fn a_journal_refuses_a_key_it_was_not_written_with(b: Backend) {
     let place = Place::new(b);
     let (k1, k2) = (place.dir.path().join("k1"), place.dir.path().join("k2"));
-    let (key1, key2) = (SecretKey::load_or_create(&k1).unwrap(), SecretKey::load_or_create(&k2).unwrap());
+    let (key1, key2) = (
+        SecretKey::load_or_create(&k1).unwrap(),
+        SecretKey::load_or_create(&k2).unwrap(),
+    );
     let j = place.open();
     j.check_key(&key1, &k1).unwrap();
     j.check_key(&key1, &k1).unwrap();
@@ -214,7 +225,10 @@ fn a_journal_refuses_a_key_it_was_not_written_with(b: Backend) {
             assert!(e.is_config());
             let text = e.to_string();
             assert!(text.contains("written with another key"), "{text}");
-            assert!(text.contains(&key1.check_value()[..12]), "names the journal's key id: {text}");
+            assert!(
+                text.contains(&key1.check_value()[..12]),
+                "names the journal's key id: {text}"
+            );
         }
         other => panic!("expected a wrong-key error, got {other:?}"),
     }
@@ -278,7 +292,13 @@ fn copy_from_sqlite_to_postgres_keeps_everything() {
         assert_eq!(b[k].outputs, r.outputs);
         assert_eq!(b[k].outputs_enc, r.outputs_enc);
     }
-    let ids = |j: &Journal| j.history(None, 10).unwrap().into_iter().map(|r| r.id).collect::<Vec<_>>();
+    let ids = |j: &Journal| {
+        j.history(None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect::<Vec<_>>()
+    };
     assert_eq!(ids(&src), ids(&dst));
     assert_eq!(dst.show("r1").unwrap().unwrap().1.len(), 2);
     assert_eq!(dst.pending_handlers("wf").unwrap().len(), 1);

@@ -62,7 +62,11 @@ impl PgServer {
     /// A server of its own (for tests that stop and restart it).
     pub fn start() -> io::Result<Self> {
         let bin = bin_dir()?;
-        let owner = if crate::sshd::is_root() { Some(unprivileged_user()?) } else { None };
+        let owner = if crate::sshd::is_root() {
+            Some(unprivileged_user()?)
+        } else {
+            None
+        };
         let dir = tempfile::Builder::new().prefix("flowrun-pg-").tempdir()?;
         write_certificates(dir.path())?;
         std::fs::write(dir.path().join("pwfile"), format!("{PASSWORD}\n"))?;
@@ -95,7 +99,11 @@ impl PgServer {
         }
         *pg.stopped.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = false;
         pg.watchdog = Some(pg.spawn_watchdog()?);
-        pg.psql("postgres", "postgres", &format!("CREATE ROLE {USER} LOGIN PASSWORD '{PASSWORD}'"))?;
+        pg.psql(
+            "postgres",
+            "postgres",
+            &format!("CREATE ROLE {USER} LOGIN PASSWORD '{PASSWORD}'"),
+        )?;
         pg.psql("postgres", "postgres", &format!("CREATE DATABASE {USER} OWNER {USER}"))?;
         Ok(pg)
     }
@@ -149,17 +157,12 @@ impl PgServer {
     }
 
     fn psql(&self, role: &str, db: &str, sql: &str) -> io::Result<String> {
-        let out = self.command("psql").args([
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-At",
-            "-h",
-        ])
-        .arg(self.socket_dir())
-        .args(["-p", &self.port.to_string(), "-U", role, "-d", db, "-c", sql])
-        .output()?;
+        let out = self
+            .command("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-h"])
+            .arg(self.socket_dir())
+            .args(["-p", &self.port.to_string(), "-U", role, "-d", db, "-c", sql])
+            .output()?;
         if !out.status.success() {
             return Err(other(format!("psql `{sql}`: {}", String::from_utf8_lossy(&out.stderr))));
         }
@@ -220,7 +223,14 @@ impl PgServer {
             .command("initdb")
             .arg("-D")
             .arg(self.data())
-            .args(["-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8"])
+            .args([
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+            ])
             .arg(format!("--pwfile={}", self.dir.path().join("pwfile").display()))
             .arg("--no-sync")
             .output()?;
@@ -316,10 +326,9 @@ fn bin_dir() -> io::Result<PathBuf> {
         })
         .collect();
     versions.sort();
-    versions
-        .pop()
-        .map(|(_, b)| b)
-        .ok_or_else(|| other("no PostgreSQL under /usr/lib/postgresql: install Debian's `postgresql` (scripts/deps does)"))
+    versions.pop().map(|(_, b)| b).ok_or_else(|| {
+        other("no PostgreSQL under /usr/lib/postgresql: install Debian's `postgresql` (scripts/deps does)")
+    })
 }
 
 /// The user the server runs as when we are root: `postgres`, else `flowrun-pg` (created).
@@ -330,7 +339,13 @@ fn unprivileged_user() -> io::Result<(u32, u32)> {
         }
     }
     let out = Command::new("useradd")
-        .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "flowrun-pg"])
+        .args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            "flowrun-pg",
+        ])
         .output()?;
     check("useradd flowrun-pg", &out)?;
     lookup_user("flowrun-pg").ok_or_else(|| other("useradd did not create `flowrun-pg`"))
@@ -366,7 +381,8 @@ fn write_certificates(dir: &Path) -> io::Result<()> {
     let err = |e: rcgen::Error| other(format!("generating the test certificate: {e}"));
     let ca_key = KeyPair::generate().map_err(err)?;
     let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
-    ca.distinguished_name.push(DnType::CommonName, "flowrun journal test CA");
+    ca.distinguished_name
+        .push(DnType::CommonName, "flowrun journal test CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_cert = ca.self_signed(&ca_key).map_err(err)?;
