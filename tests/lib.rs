@@ -6,6 +6,8 @@ mod completions;
 mod core;
 mod dynamic_inventory;
 mod errors;
+mod github_runners;
+mod github_standin;
 mod harness;
 mod jinja;
 mod journal;

@@ -223,3 +223,25 @@ fn shipped_workflows_validate_against_both_inventories() {
         }
     }
 }
+
+/// The GitHub runner workflows load, type-check and plan against both
+/// GitHub inventories (the real-site example and the lab's).
+#[test]
+fn github_workflows_validate_against_both_github_inventories() {
+    let workflows = [
+        "github-runner-facts",
+        "provision-github-runner",
+        "select-github-runner",
+        "validate-github-runner",
+    ];
+    for inventory in ["inventory/github-example", "inventory/lab-github"] {
+        for w in workflows {
+            run_ok(Command::new(env!("CARGO_BIN_EXE_flowrun")).current_dir(root()).args([
+                "validate",
+                &format!("workflows/{w}.yml"),
+                "-i",
+                inventory,
+            ]));
+        }
+    }
+}

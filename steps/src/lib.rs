@@ -30,6 +30,7 @@ pub mod file;
 pub mod firewall;
 pub mod http;
 pub mod line;
+pub mod probe;
 pub mod service;
 pub mod template;
 pub mod user;
@@ -46,6 +47,7 @@ pub fn registry() -> Vec<Box<dyn StepKind>> {
         Box::new(template::TemplateKind),
         Box::new(line::LineKind),
         Box::new(assert::AssertKind),
+        Box::new(probe::ProbeKind),
         Box::new(wait_for::WaitForKind),
         Box::new(http::HttpKind),
         Box::new(proxmox_vm::ProxmoxVmKind),

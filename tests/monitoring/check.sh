@@ -1,10 +1,10 @@
 #!/bin/sh
-# Check the monitoring content the GitLab runner workflows ship, with the real
-# promtool: the alert rules (`promtool check rules`), their unit tests
-# (`promtool test rules`), the Prometheus configuration template with a
-# targets file in the shape monitor-gitlab-runner.yml writes
+# Check the monitoring content the GitLab and GitHub runner workflows ship,
+# with the real promtool: the alert rules (`promtool check rules`), their
+# unit tests (`promtool test rules`), the Prometheus configuration template
+# with a targets file in the shape monitor-gitlab-runner.yml writes
 # (`promtool check config`, which also parses the file_sd file), and the
-# Grafana dashboard (valid JSON, schemaVersion, the named panels, and every
+# Grafana dashboards (valid JSON, schemaVersion, the named panels, and every
 # panel query parsed by promtool as a recording rule).
 #
 # Usage: tests/monitoring/check.sh   (needs promtool and python3; exit status
@@ -67,18 +67,18 @@ for inst, jobs in by_instance.items():
     assert jobs == {"node", "cadvisor", "gitlab-runner"}, (inst, jobs)
 EOF
 
-# 3. The Grafana dashboard.
-dash="$files/gitlab-runner-dashboard.json"
-step "dashboard is valid JSON" "$PYTHON" -m json.tool "$dash"
-step "dashboard has schemaVersion, uid and the named panels" "$PYTHON" - "$dash" <<'EOF'
+# 3. The Grafana dashboards: JSON, schemaVersion, uid, the named panels, and
+#    every panel query parsed by promtool (as a recording rule).
+check_dashboard() {
+    dash=$1 want=$2 base=$(basename "$1" .json)
+    step "$base is valid JSON" "$PYTHON" -m json.tool "$dash"
+    step "$base has schemaVersion, uid and the named panels" "$PYTHON" - "$dash" "$want" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))
 assert isinstance(d.get("schemaVersion"), int) and d["schemaVersion"] >= 36, "schemaVersion"
 assert d.get("uid") and d.get("title"), "uid/title"
 titles = {p["title"] for p in d["panels"]}
-want = {"Runner status", "CPU usage", "Memory usage", "Disk usage", "Jobs", "Container CPU",
-        "Container memory", "Job duration"}
-missing = want - titles
+missing = set(sys.argv[2].split(",")) - titles
 assert not missing, f"missing panels: {sorted(missing)}"
 ids = [p["id"] for p in d["panels"]]
 assert len(ids) == len(set(ids)), "duplicate panel ids"
@@ -86,17 +86,27 @@ for p in d["panels"]:
     assert p["targets"], f"panel {p['title']} has no query"
     assert p["datasource"]["uid"] == "${datasource}", f"panel {p['title']} does not use $datasource"
 EOF
-"$PYTHON" - "$dash" "$tmp/dashboard-rules.yml" <<'EOF'
-import json, sys
+    "$PYTHON" - "$dash" "$tmp/$base-rules.yml" <<'EOF'
+import json, re, sys
 d = json.load(open(sys.argv[1]))
 rules = []
 for p in d["panels"]:
     for t in p["targets"]:
-        expr = t["expr"].replace("$instance", ".*")
+        expr = re.sub(r"\$[a-z_]+", ".*", t["expr"])
         rules.append(f"      - record: dashboard:panel_{p['id']}_{t['refId']}\n        expr: {json.dumps(expr)}\n")
 open(sys.argv[2], "w").write("groups:\n  - name: dashboard\n    rules:\n" + "".join(rules))
 EOF
-step "every dashboard query parses (promtool check rules)" "$PROMTOOL" check rules "$tmp/dashboard-rules.yml"
+    step "every $base query parses (promtool check rules)" "$PROMTOOL" check rules "$tmp/$base-rules.yml"
+}
+check_dashboard "$files/gitlab-runner-dashboard.json" \
+    "Runner status,CPU usage,Memory usage,Disk usage,Jobs,Container CPU,Container memory,Job duration"
+check_dashboard "$files/github-runner-dashboard.json" \
+    "Runner online,Healthy for production,Runner service active,Busy,Healthy runners,Free disk,Deploy duration,Last deploy,Time since last deploy,Deploy runs"
+
+# 4. The GitHub runner alert rules and their unit tests.
+step "promtool check rules github-runner-alerts.yml" "$PROMTOOL" check rules "$files/github-runner-alerts.yml"
+step "promtool test rules github-runner-alerts.test.yml" \
+    sh -c "cd '$here' && '$PROMTOOL' test rules github-runner-alerts.test.yml"
 
 if [ "$failed" -ne 0 ]; then
     echo "monitoring checks: FAILED" >&2

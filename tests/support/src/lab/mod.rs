@@ -8,6 +8,7 @@
 //! Dropping the lab stops everything.
 
 pub mod backend;
+pub mod github;
 
 pub use backend::SshdVmBackend;
 
@@ -62,11 +63,11 @@ impl Drop for Lab {
     }
 }
 
-fn free_port(ip: &str) -> io::Result<u16> {
+pub(crate) fn free_port(ip: &str) -> io::Result<u16> {
     Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
 }
 
-fn run(cmd: &mut Command, what: &str) -> io::Result<()> {
+pub(crate) fn run(cmd: &mut Command, what: &str) -> io::Result<()> {
     let out = cmd.stdin(Stdio::null()).output()?;
     if out.status.success() {
         Ok(())
@@ -79,7 +80,7 @@ fn run(cmd: &mut Command, what: &str) -> io::Result<()> {
     }
 }
 
-fn write(path: &Path, text: &str, mode: u32) -> io::Result<()> {
+pub(crate) fn write(path: &Path, text: &str, mode: u32) -> io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -88,7 +89,7 @@ fn write(path: &Path, text: &str, mode: u32) -> io::Result<()> {
 }
 
 /// Wait until `addr` accepts TCP connections (bounded).
-fn wait_port(addr: &str, limit: Duration) -> io::Result<()> {
+pub(crate) fn wait_port(addr: &str, limit: Duration) -> io::Result<()> {
     let t0 = Instant::now();
     while t0.elapsed() < limit {
         if std::net::TcpStream::connect(addr).is_ok() {

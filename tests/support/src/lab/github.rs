@@ -1,0 +1,328 @@
+//! The GitHub part of the lab: everything the shipped GitHub runner workflows
+//! need on this machine. The GitHub emulator (REST API and the runner's side,
+//! strict, on loopback), two runner hosts — a primary and a secondary — as lab
+//! VMs (real sshd hosts with private overlays of `/`, see [`SshdVmBackend`]),
+//! and a file server on loopback with the stand-in runner release (built by
+//! `tests/lab/build-runner-release.sh`, with its sha256) and releases of the
+//! demo app the deploy workflow deploys (`tests/lab/build-demo-app.sh`).
+//! [`GithubLab::start`] brings it up and writes the inventory
+//! (`inventory/lab-github/hosts.yml` with the lab's values in `group_vars/`
+//! and `host_vars/`) and the environment. Dropping the lab stops everything.
+
+use super::{free_port, run, wait_port, write, SshdVmBackend};
+use crate::emulators::github::{GitHubEmulator, GitHubOptions};
+use crate::emulators::proxmox::VmBackend;
+use crate::sshd::{Isolation, SshdHost};
+use serde_json::{json, Value};
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the GitHub lab says about itself.
+pub const WHAT_IS_EMULATED: &str = "\
+lab (GitHub runners): what is real and what is emulated
+  real      flowrun, SSH (a real sshd per runner host, each with a private overlay of /), files, users,
+            SysV init scripts, the demo app (a real HTTP service), node_exporter, promtool
+  emulated  GitHub: an emulator of its REST API for runners (tokens, list with Link pagination,
+            labels, delete) and of the runner's side (registration, sessions, heartbeats, jobs)
+  stand-in  the actions runner release: config.sh, run.sh, svc.sh and a python3 listener that
+            registers, heartbeats (online while its service runs) and runs queued jobs (busy)
+  not run   systemd (the runner's svc.sh installs a SysV script), real GitHub Actions jobs";
+
+/// The repository the lab's runners belong to.
+pub const REPO: &str = "flowrun-lab/app";
+/// The demo app's port and node_exporter's on each runner host (each binds its own address).
+pub const APP_PORT: u16 = 18080;
+pub const NODE_EXPORTER_PORT: u16 = 19100;
+
+pub struct GithubLabOptions {
+    /// The lab's state directory.
+    pub dir: PathBuf,
+    /// The project's checkout (for `inventory/lab-github` and `tests/lab`).
+    pub project: PathBuf,
+    /// How long a silent runner stays `online` in the emulator.
+    pub offline_after: Duration,
+}
+
+/// A runner host of the lab.
+#[derive(Debug, Clone)]
+pub struct LabRunner {
+    pub name: String,
+    pub role: &'static str,
+    pub vmid: u32,
+    pub ip: Ipv4Addr,
+}
+
+/// A running GitHub lab.
+pub struct GithubLab {
+    pub dir: PathBuf,
+    pub github: GitHubEmulator,
+    pub backend: Arc<SshdVmBackend>,
+    pub runners: Vec<LabRunner>,
+    /// A token administering [`REPO`] (the workflows' GITHUB_TOKEN).
+    pub token: String,
+    pub release_sha256: String,
+    files: PathBuf,
+    project: PathBuf,
+    file_server: Child,
+    // Last: the emulator's server runs on it.
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Drop for GithubLab {
+    fn drop(&mut self) {
+        let _ = self.file_server.kill();
+        let _ = self.file_server.wait();
+    }
+}
+
+/// VM ids unique in this process, and unlikely to meet another process's:
+/// each id is a loopback address (`127.77.X.Y`).
+fn next_vmid() -> u32 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() % 2_000) * 16;
+    base + NEXT.fetch_add(1, Ordering::Relaxed) % 16
+}
+
+impl GithubLab {
+    /// Bring the lab up. Needs root (private mount namespaces and overlays).
+    pub fn start(opts: &GithubLabOptions) -> io::Result<Self> {
+        let dir = opts.dir.clone();
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        let project = opts.project.canonicalize()?;
+        let files = dir.join("files");
+        let tarball = build(
+            Command::new(project.join("tests/lab/build-runner-release.sh")).arg(&files),
+            "building the stand-in runner release",
+        )?;
+        let release_sha256 = std::fs::read_to_string(format!("{tarball}.sha256"))?.trim().to_owned();
+        let port = free_port("127.0.0.1")?;
+        let file_server = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+                "--directory",
+            ])
+            .arg(&files)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        wait_port(&format!("127.0.0.1:{port}"), Duration::from_secs(20))?;
+
+        let key = dir.join("id_ed25519");
+        if !key.exists() {
+            run(
+                Command::new("ssh-keygen")
+                    .args(["-q", "-t", "ed25519", "-N", "", "-C", "flowrun-lab", "-f"])
+                    .arg(&key),
+                "ssh-keygen",
+            )?;
+        }
+        let pubkey = std::fs::read_to_string(dir.join("id_ed25519.pub"))?.trim().to_owned();
+        let _ = std::fs::remove_file(dir.join("known_hosts"));
+        let ssh_port = free_port("127.0.0.1")?;
+        let backend = Arc::new(SshdVmBackend::new(Isolation::Filesystem, ssh_port, pubkey));
+        let mut runners = Vec::new();
+        for (name, role) in [("lab-gh-primary", "primary"), ("lab-gh-secondary", "secondary")] {
+            let vmid = next_vmid();
+            let ip = backend.start(vmid, name).map_err(io::Error::other)?;
+            runners.push(LabRunner {
+                name: name.into(),
+                role,
+                vmid,
+                ip,
+            });
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let github = runtime.block_on(GitHubEmulator::start_with(GitHubOptions {
+            offline_after: opts.offline_after,
+            ..GitHubOptions::default()
+        }))?;
+        let token = github.add_token(&[REPO]);
+        let lab = Self {
+            dir,
+            github,
+            backend,
+            runners,
+            token,
+            release_sha256,
+            files,
+            project: project.clone(),
+            file_server,
+            runtime,
+        };
+        let tarball_name = Path::new(&tarball)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        lab.write_inventory(&project, port, ssh_port, &tarball_name.unwrap_or_default())?;
+        for (v, broken) in [("1.0.0", false), ("2.0.0", false), ("3.0.0", true)] {
+            lab.build_app_release(v, broken)?;
+        }
+        write(&lab.dir.join("env"), &lab.env_text(), 0o600)?;
+        Ok(lab)
+    }
+
+    /// Build (or rebuild) the demo app's release `version`; `broken` fails its health check.
+    pub fn build_app_release(&self, version: &str, broken: bool) -> io::Result<()> {
+        let mut cmd = Command::new(self.project.join("tests/lab/build-demo-app.sh"));
+        cmd.arg(&self.files).arg(version);
+        if broken {
+            cmd.arg("broken");
+        }
+        build(&mut cmd, "building a demo app release").map(|_| ())
+    }
+
+    pub fn inventory(&self) -> PathBuf {
+        self.dir.join("inventory/hosts.yml")
+    }
+
+    pub fn journal(&self) -> PathBuf {
+        self.dir.join("journal.db")
+    }
+
+    fn write_inventory(&self, project: &Path, files_port: u16, ssh_port: u16, tarball: &str) -> io::Result<()> {
+        let inv = self.dir.join("inventory");
+        let text = std::fs::read_to_string(project.join("inventory/lab-github/hosts.yml"))?;
+        let mut doc: Value = serde_saphyr::from_str(&text)
+            .map_err(|e| io::Error::other(format!("inventory/lab-github/hosts.yml: {e}")))?;
+        if let Some(hosts) = doc["all"]["children"]["github_runners"]["hosts"].as_object_mut() {
+            for h in hosts.values_mut() {
+                if let Some(o) = h.as_object_mut() {
+                    o.remove("address");
+                    o.remove("port");
+                }
+            }
+        }
+        write(
+            &inv.join("hosts.yml"),
+            &format!(
+                "# Generated by flowrun-lab from inventory/lab-github/hosts.yml.\n{}\n",
+                serde_json::to_string_pretty(&doc)?
+            ),
+            0o644,
+        )?;
+        let files = format!("http://127.0.0.1:{files_port}");
+        let all = json!({
+            "github_api_url": self.github.enterprise_api_url(),
+            "actions_runner_url": format!("{files}/{tarball}"),
+            "actions_runner_sha256": self.release_sha256,
+            "app_release_url": format!("{files}/demo-app-{{version}}.tar.gz"),
+            "app_port": APP_PORT,
+            "node_exporter_port": NODE_EXPORTER_PORT,
+        });
+        write(
+            &inv.join("group_vars/all.yml"),
+            &serde_json::to_string_pretty(&all)?,
+            0o644,
+        )?;
+        for r in &self.runners {
+            let hv = json!({
+                "address": r.ip.to_string(),
+                "port": ssh_port,
+                "identity_file": self.dir.join("id_ed25519"),
+                "known_hosts_file": self.dir.join("known_hosts"),
+                "node_exporter_listen_address": r.ip.to_string(),
+                "app_listen_address": r.ip.to_string(),
+            });
+            write(
+                &inv.join(format!("host_vars/{}.yml", r.name)),
+                &serde_json::to_string_pretty(&hv)?,
+                0o644,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The variables the workflows read secrets from, and the journal.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("GITHUB_TOKEN".into(), self.token.clone()),
+            ("FLOWRUN_JOURNAL".into(), self.journal().display().to_string()),
+        ]
+    }
+
+    fn env_text(&self) -> String {
+        self.env().iter().map(|(k, v)| format!("export {k}='{v}'\n")).collect()
+    }
+
+    /// A `flowrun` command for this lab: its inventory, environment and journal.
+    pub fn flowrun(&self, bin: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(bin);
+        c.args(args)
+            .arg("-i")
+            .arg(self.inventory())
+            .envs(self.env())
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn runner(&self, name: &str) -> &LabRunner {
+        self.runners
+            .iter()
+            .find(|r| r.name == name || r.role == name)
+            .unwrap_or_else(|| panic!("no lab runner `{name}`"))
+    }
+
+    /// Run a script on a runner host (directly, not over SSH); its stdout.
+    pub fn run_on(&self, runner: &str, script: &str) -> io::Result<String> {
+        let r = self.runner(runner);
+        self.backend
+            .with_vm(r.vmid, |h: &SshdHost| h.run_ok(script))
+            .unwrap_or_else(|| Err(io::Error::other(format!("{} is down", r.name))))
+    }
+
+    /// A path on a runner host as this machine sees it.
+    pub fn host_path(&self, runner: &str, path: &str) -> Option<PathBuf> {
+        let r = self.runner(runner);
+        self.backend.with_vm(r.vmid, |h: &SshdHost| h.host_path(path))
+    }
+
+    /// Power a runner host off (everything on it dies) or on again (same files).
+    pub fn power(&self, runner: &str, on: bool) -> io::Result<()> {
+        let r = self.runner(runner);
+        if on {
+            self.backend
+                .start(r.vmid, &r.name)
+                .map(|_| ())
+                .map_err(io::Error::other)
+        } else {
+            self.backend.stop(r.vmid);
+            Ok(())
+        }
+    }
+
+    /// The demo app's base URL on a runner host.
+    pub fn app_url(&self, runner: &str) -> String {
+        format!("http://{}:{APP_PORT}", self.runner(runner).ip)
+    }
+
+    /// Run something on the lab's runtime (the emulator lives there).
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
+    }
+}
+
+/// Run a build script that prints the path it built; that path.
+fn build(cmd: &mut Command, what: &str) -> io::Result<String> {
+    let out = cmd.stdin(Stdio::null()).output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
