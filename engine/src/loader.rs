@@ -179,13 +179,15 @@ pub fn load(path: &Path, cx: &LoadContext<'_>) -> Result<Workflow, Diagnostics> 
         }
     }
     errs.into_result(())?;
+    let steps: Vec<StepDef> = steps.into_iter().map(|(d, _, _)| d).collect();
     Ok(Workflow {
         name,
         description,
         path: path.to_path_buf(),
         vars,
         secrets,
-        steps: steps.into_iter().map(|(d, _, _)| d).collect(),
+        ancestors: Workflow::compute_ancestors(&steps),
+        steps,
         handlers: handlers.into_iter().map(|(d, _, _)| d).collect(),
         fail_fast,
         max_fail_percentage,
@@ -577,6 +579,7 @@ fn parse_step(
         notify: notify.into_iter().map(|(s, _)| s).collect(),
         when,
         for_each,
+        label: None,
         retry,
         timeout,
         tags: tags.into_iter().map(|(s, _)| s).collect(),
@@ -611,12 +614,7 @@ fn parse_retry(src: &Source, r: &Yaml, errs: &mut Diagnostics) -> Option<Retry> 
         ));
         return None;
     };
-    let mut retry = Retry {
-        attempts: 3,
-        delay: std::time::Duration::from_secs(1),
-        backoff: 1.0,
-        until: None,
-    };
+    let mut retry = Retry::default();
     for (k, v) in entries {
         match k.name.as_str() {
             "attempts" => match v.value {

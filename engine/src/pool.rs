@@ -4,7 +4,9 @@
 
 use crate::host::Host;
 use crate::transport::local::LocalTransport;
-use crate::transport::{Become, ExecOutput, ExecRequest, FileAttrs, FileStat, Transport, TransportError};
+use crate::transport::{
+    Become, ExecOutput, ExecRequest, FileAttrs, FileStat, StatAndContent, Transport, TransportError,
+};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -131,6 +133,14 @@ impl Transport for LazyTransport {
 
     async fn read_file(&self, path: &str, become_: Option<&Become>) -> Result<Option<Vec<u8>>, TransportError> {
         self.get().await?.read_file(path, become_).await
+    }
+
+    async fn metadata(&self, path: &str, become_: Option<&Become>) -> Result<Option<FileStat>, TransportError> {
+        self.get().await?.metadata(path, become_).await
+    }
+
+    async fn read_with_stat(&self, path: &str, become_: Option<&Become>) -> Result<StatAndContent, TransportError> {
+        self.get().await?.read_with_stat(path, become_).await
     }
 
     async fn write_file(

@@ -30,6 +30,34 @@ impl Status {
             Self::Unreachable => "unreachable",
         }
     }
+
+    /// Parse a stored status word (the journal keeps [`Status::as_str`]).
+    pub fn parse(word: &str) -> Option<Self> {
+        Some(match word {
+            "ok" => Self::Ok,
+            "changed" => Self::Changed,
+            "failed" => Self::Failed,
+            "skipped" => Self::Skipped,
+            "unreachable" => Self::Unreachable,
+            _ => return None,
+        })
+    }
+
+    /// Whether the instance did not succeed (dependents on that host do not run).
+    pub fn is_failure(self) -> bool {
+        matches!(self, Self::Failed | Self::Unreachable)
+    }
+
+    /// Which status a group of instances (a `for_each` node) reports: the worst.
+    pub fn severity(self) -> u8 {
+        match self {
+            Self::Skipped => 1,
+            Self::Ok => 2,
+            Self::Changed => 3,
+            Self::Failed => 4,
+            Self::Unreachable => 5,
+        }
+    }
 }
 
 /// The result of one step instance (or handler run).
@@ -45,6 +73,14 @@ pub struct InstanceResult {
     pub message: Option<String>,
     pub diff: Option<String>,
     pub handler: bool,
+}
+
+impl InstanceResult {
+    #[must_use]
+    pub fn message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
+        self
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
@@ -325,6 +361,22 @@ impl RunReport {
         );
         out
     }
+}
+
+/// Metrics of the run's remote traffic: commands sent to hosts (round trips)
+/// and the helper channels opened for them, as the transports counted them.
+pub fn remote_metrics(workflow: &str, stats: &crate::transport::RemoteStats) -> String {
+    let wf = prom_label(workflow);
+    format!(
+        "# HELP flowrun_last_run_remote_commands Commands sent to remote hosts in the last run (one round trip each).\n\
+         # TYPE flowrun_last_run_remote_commands gauge\n\
+         flowrun_last_run_remote_commands{{workflow=\"{wf}\"}} {}\n\
+         # HELP flowrun_last_run_remote_channels SSH channels opened for remote helpers in the last run.\n\
+         # TYPE flowrun_last_run_remote_channels gauge\n\
+         flowrun_last_run_remote_channels{{workflow=\"{wf}\"}} {}\n",
+        stats.commands(),
+        stats.sessions()
+    )
 }
 
 fn first_line(s: &str) -> &str {

@@ -11,7 +11,9 @@
 use crate::host::Host;
 use crate::secrets::Masker;
 use crate::template::Templates;
-use crate::transport::{Become, ExecOutput, ExecRequest, FileAttrs, FileStat, Program, Transport, TransportError};
+use crate::transport::{
+    Become, ExecOutput, ExecRequest, FileAttrs, FileStat, Program, StatAndContent, Transport, TransportError,
+};
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 use std::fmt;
@@ -373,6 +375,16 @@ impl StepContext {
 
     pub async fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, StepError> {
         Ok(self.transport.read_file(path, self.become_.as_ref()).await?)
+    }
+
+    /// Metadata without the content hash (one cheaper probe).
+    pub async fn metadata(&self, path: &str) -> Result<Option<FileStat>, StepError> {
+        Ok(self.transport.metadata(path, self.become_.as_ref()).await?)
+    }
+
+    /// Metadata and, for a regular file, its content, in one round trip.
+    pub async fn read_with_stat(&self, path: &str) -> Result<StatAndContent, StepError> {
+        Ok(self.transport.read_with_stat(path, self.become_.as_ref()).await?)
     }
 
     /// Write a file atomically (temp file in the same directory, then rename).

@@ -568,6 +568,10 @@ async fn measure_ssh_costs() {
         t.stat(p, None).await.unwrap();
     }
     let file_ops = start.elapsed() / 40;
+    let t = Arc::try_unwrap(t).ok().unwrap();
+    let start = std::time::Instant::now();
+    t.close().await;
+    println!("close: {:?}", start.elapsed());
     println!("connect: {connects:?}");
     println!("command on a warm connection: {sequential:?} sequential, {parallel:?} per command with 100 in parallel (8 at a time)");
     println!("file op (write/stat): {file_ops:?}");

@@ -97,8 +97,16 @@ fn write_reports(args: &RunArgs, report: &RunReport, masker: &Masker, status: Ex
     if let Some(path) = &args.junit {
         write_atomic(path, report.to_junit(masker).as_bytes())?;
     }
+    let remote = flowrun_engine::transport::remote_stats();
+    tracing::info!(
+        "{} remote commands over {} helper channels",
+        remote.commands(),
+        remote.sessions()
+    );
     if let Some(path) = &args.metrics {
-        write_atomic(path, masker.mask(&report.to_metrics(status.code())).as_bytes())?;
+        let mut text = report.to_metrics(status.code());
+        text.push_str(&flowrun_engine::report::remote_metrics(&report.workflow, remote));
+        write_atomic(path, masker.mask(&text).as_bytes())?;
     }
     Ok(())
 }

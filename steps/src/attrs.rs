@@ -5,7 +5,7 @@
 
 use crate::params::Params;
 use flowrun_engine::step::{ParamSpec, ParamType, StepContext, StepError};
-use flowrun_engine::transport::{quote, ExecRequest, FileAttrs, FileStat};
+use flowrun_engine::transport::{quote, FileAttrs, FileStat};
 
 pub const MODE: ParamSpec = ParamSpec::opt(
     "mode",
@@ -56,31 +56,26 @@ impl Attrs {
     }
 
     /// What differs between `st` (the stat of `path`) and these attributes,
-    /// one phrase each (`mode 0644 -> 0600`); empty when in state.
-    pub async fn changes(&self, cx: &StepContext, path: &str, st: &FileStat) -> Result<Vec<String>, StepError> {
+    /// one phrase each (`mode 0644 -> 0600`); empty when in state. A numeric
+    /// owner or group compares with the numeric id the stat carries.
+    pub fn changes(&self, st: &FileStat) -> Vec<String> {
         let mut out = Vec::new();
         if let Some(m) = self.mode.filter(|m| *m != st.mode) {
             out.push(format!("mode {:04o} -> {m:04o}", st.mode));
         }
-        // A numeric id is compared with the numeric owner, read only when the names differ.
-        let mut ids: Option<(String, String)> = None;
-        for (want, have, which) in [(&self.owner, &st.owner, 0), (&self.group, &st.group, 1)] {
+        for (want, have, id, label) in [
+            (&self.owner, &st.owner, st.uid, "owner"),
+            (&self.group, &st.group, st.gid, "group"),
+        ] {
             let Some(want) = want.as_deref().filter(|w| *w != have) else {
                 continue;
             };
-            if is_numeric(want) {
-                if ids.is_none() {
-                    ids = Some(numeric_ids(cx, path).await?);
-                }
-                let (uid, gid) = ids.as_ref().map(|(u, g)| (u.as_str(), g.as_str())).unwrap_or_default();
-                if [uid, gid][which] == want {
-                    continue;
-                }
+            if is_numeric(want) && want.parse::<u32>().ok() == Some(id) {
+                continue;
             }
-            let label = ["owner", "group"][which];
             out.push(format!("{label} {have} -> {want}"));
         }
-        Ok(out)
+        out
     }
 
     /// Whether anything at or below `path` differs from these attributes (for `recurse`).
@@ -104,6 +99,14 @@ impl Attrs {
 
     /// Set these attributes on `path` (and everything below it with `recurse`).
     pub async fn fix(&self, cx: &StepContext, path: &str, recurse: bool) -> Result<(), StepError> {
+        if let Some(script) = self.fix_script(path, recurse) {
+            cx.sh(&script).await?;
+        }
+        Ok(())
+    }
+
+    /// The commands that set these attributes, to run alone or after others; `None` when there are none.
+    pub fn fix_script(&self, path: &str, recurse: bool) -> Option<String> {
         let r = if recurse { "-R " } else { "" };
         let p = quote(path);
         let mut script = Vec::new();
@@ -120,27 +123,12 @@ impl Attrs {
         if let Some(m) = self.mode {
             script.push(format!("chmod {r}{m:04o} -- {p}"));
         }
-        if !script.is_empty() {
-            cx.sh(&script.join(" && ")).await?;
-        }
-        Ok(())
+        (!script.is_empty()).then(|| script.join(" && "))
     }
 }
 
 fn is_numeric(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
-}
-
-/// The numeric owner and group of `path`.
-async fn numeric_ids(cx: &StepContext, path: &str) -> Result<(String, String), StepError> {
-    let script = format!("stat -L -c '%u %g' -- {}", quote(path));
-    let out = cx.exec(ExecRequest::shell(script.as_str())).await?;
-    if out.rc != 0 {
-        return Err(StepError::failed(out.failure_message(&script)));
-    }
-    let text = out.stdout_str();
-    let mut f = text.split_whitespace();
-    Ok((f.next().unwrap_or("").to_owned(), f.next().unwrap_or("").to_owned()))
 }
 
 #[cfg(test)]
@@ -175,19 +163,18 @@ mod tests {
         let p = p.to_str().unwrap();
         let cx = local_context();
         let st = cx.stat(p).await.unwrap().unwrap();
-        let (uid, gid) = numeric_ids(&cx, p).await.unwrap();
         let a = Attrs {
             mode: Some(st.mode),
-            owner: Some(uid),
-            group: Some(gid),
+            owner: Some(st.uid.to_string()),
+            group: Some(st.gid.to_string()),
         };
-        assert!(a.changes(&cx, p, &st).await.unwrap().is_empty());
+        assert!(a.changes(&st).is_empty());
         let other = if st.mode == 0o600 { 0o640 } else { 0o600 };
         let a = Attrs {
             mode: Some(other),
             ..Attrs::default()
         };
-        let c = a.changes(&cx, p, &st).await.unwrap();
+        let c = a.changes(&st);
         assert_eq!(c, [format!("mode {:04o} -> {other:04o}", st.mode)]);
     }
 }

@@ -150,12 +150,12 @@ impl CommandStep {
     /// Why the command need not run, if a guard says so.
     async fn guard(&self, cx: &StepContext) -> Result<Option<String>, StepError> {
         if let Some(path) = &self.creates {
-            if cx.stat(path).await?.is_some() {
+            if cx.metadata(path).await?.is_some() {
                 return Ok(Some(format!("`{path}` exists")));
             }
         }
         if let Some(path) = &self.removes {
-            if cx.stat(path).await?.is_none() {
+            if cx.metadata(path).await?.is_none() {
                 return Ok(Some(format!("`{path}` does not exist")));
             }
         }

@@ -77,9 +77,12 @@ pub struct ContentStep {
     sha256: String,
     attrs: Attrs,
     backup: bool,
+    /// What `check` last found, so that `apply` does not look again.
+    planned: std::sync::Mutex<Option<Option<Change>>>,
 }
 
 /// What a check found: the change to make.
+#[derive(Clone)]
 enum Change {
     Create,
     Replace,
@@ -102,6 +105,7 @@ impl ContentStep {
             content,
             attrs: Attrs::from_params(p)?,
             backup: p.bool_or("backup", false)?,
+            planned: std::sync::Mutex::new(None),
         })
     }
 
@@ -113,9 +117,19 @@ impl ContentStep {
         o
     }
 
-    async fn plan(&self, cx: &StepContext) -> Result<Option<Change>, StepError> {
-        let Some(st) = cx.stat(&self.dest).await? else {
-            return Ok(Some(Change::Create));
+    /// The change the file needs, from one probe (with the old content when
+    /// `--diff` wants it, still one round trip).
+    async fn plan(&self, cx: &StepContext) -> Result<(Option<Change>, Option<Vec<u8>>), StepError> {
+        let (st, old) = if cx.mode.diff {
+            match cx.read_with_stat(&self.dest).await? {
+                Some((st, content)) => (Some(st), content),
+                None => (None, None),
+            }
+        } else {
+            (cx.stat(&self.dest).await?, None)
+        };
+        let Some(st) = st else {
+            return Ok((Some(Change::Create), None));
         };
         if st.kind != FileKind::File {
             return Err(StepError::failed(format!(
@@ -124,10 +138,10 @@ impl ContentStep {
             )));
         }
         if st.sha256.as_deref() != Some(self.sha256.as_str()) {
-            return Ok(Some(Change::Replace));
+            return Ok((Some(Change::Replace), old));
         }
-        let changes = self.attrs.changes(cx, &self.dest, &st).await?;
-        Ok((!changes.is_empty()).then_some(Change::Attrs(changes)))
+        let changes = self.attrs.changes(&st);
+        Ok(((!changes.is_empty()).then_some(Change::Attrs(changes)), None))
     }
 
     async fn make_backup(&self, cx: &StepContext) -> Result<String, StepError> {
@@ -145,16 +159,15 @@ impl ContentStep {
 impl Step for ContentStep {
     async fn check(&self, cx: &StepContext) -> Result<Check, StepError> {
         let dest = &self.dest;
-        let (summary, old) = match self.plan(cx).await? {
+        let (change, old) = self.plan(cx).await?;
+        *self.planned.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(change.clone());
+        let summary = match change {
             None => return Ok(Check::InSync(self.outputs(None))),
             Some(Change::Attrs(changes)) => {
                 return Ok(Check::Drift(Pending::new(format!("`{dest}`: {}", changes.join(", ")))));
             }
-            Some(Change::Create) => (format!("create `{dest}` ({} bytes)", self.content.len()), None),
-            Some(Change::Replace) => {
-                let old = if cx.mode.diff { cx.read_file(dest).await? } else { None };
-                (format!("update `{dest}`"), old)
-            }
+            Some(Change::Create) => format!("create `{dest}` ({} bytes)", self.content.len()),
+            Some(Change::Replace) => format!("update `{dest}`"),
         };
         let mut pending = Pending::new(summary);
         if cx.mode.diff {
@@ -165,7 +178,17 @@ impl Step for ContentStep {
 
     async fn apply(&self, cx: &StepContext, _pending: Pending) -> Result<Applied, StepError> {
         let mut backup_file = None;
-        match self.plan(cx).await? {
+        let planned = self
+            .planned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let change = match planned {
+            Some(change) => change,
+            None => self.plan(cx).await?.0,
+        };
+        // One command: write, attributes and rename together.
+        match change {
             None => {}
             Some(Change::Attrs(_)) => self.attrs.fix(cx, &self.dest, false).await?,
             Some(change) => {

@@ -76,6 +76,7 @@ impl StepKind for FileStepKind {
             state,
             attrs,
             recurse,
+            seen: std::sync::Mutex::new(None),
         }))
     }
 }
@@ -93,6 +94,9 @@ struct FileStep {
     state: State,
     attrs: Attrs,
     recurse: bool,
+    /// Whether the path existed when `check` last looked: `apply` acts on it
+    /// without looking again.
+    seen: std::sync::Mutex<Option<bool>>,
 }
 
 impl FileStep {
@@ -105,7 +109,8 @@ impl FileStep {
     /// What must change, or `None` when in state.
     async fn plan(&self, cx: &StepContext) -> Result<Option<String>, StepError> {
         let path = &self.path;
-        let st = cx.stat(path).await?;
+        let st = cx.metadata(path).await?;
+        *self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(st.is_some());
         let st = match (self.state, st) {
             // A dangling symbolic link does not stat, but is still there to remove.
             (State::Absent, None) => {
@@ -139,7 +144,7 @@ impl FileStep {
     }
 
     async fn attr_plan(&self, cx: &StepContext, st: &FileStat) -> Result<Option<String>, StepError> {
-        let changes = self.attrs.changes(cx, &self.path, st).await?;
+        let changes = self.attrs.changes(st);
         if !changes.is_empty() {
             return Ok(Some(format!("`{}`: {}", self.path, changes.join(", "))));
         }
@@ -168,23 +173,31 @@ impl Step for FileStep {
         })
     }
 
+    /// One command: create what is missing, then set the attributes.
     async fn apply(&self, cx: &StepContext, _pending: Pending) -> Result<Applied, StepError> {
         let p = quote(&self.path);
         if self.state == State::Absent {
             cx.sh(&format!("rm -rf -- {p}")).await?;
             return Ok(Applied::changed(self.outputs()));
         }
-        let exists = cx.stat(&self.path).await?.is_some();
-        match self.state {
-            State::Directory if !exists => {
-                cx.sh(&format!("mkdir -p -- {p}")).await?;
-            }
-            State::Touch if !exists => {
-                cx.sh(&format!("touch -- {p}")).await?;
-            }
-            _ => {}
+        let seen = *self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let exists = match seen {
+            Some(e) => e,
+            None => cx.metadata(&self.path).await?.is_some(),
+        };
+        let create = match self.state {
+            State::Directory if !exists => Some(format!("mkdir -p -- {p}")),
+            State::Touch if !exists => Some(format!("touch -- {p}")),
+            _ => None,
+        };
+        let fix = self.attrs.fix_script(&self.path, self.recurse);
+        let script = match (create, fix) {
+            (Some(c), Some(f)) => Some(format!("{c} && {f}")),
+            (c, f) => c.or(f),
+        };
+        if let Some(script) = script {
+            cx.sh(&script).await?;
         }
-        self.attrs.fix(cx, &self.path, self.recurse).await?;
         Ok(Applied::changed(self.outputs()))
     }
 }

@@ -86,6 +86,7 @@ impl StepKind for LineKind {
             present,
             create: p.bool_or("create", false)?,
             attrs: Attrs::from_params(&p)?,
+            planned: std::sync::Mutex::new(None),
         }))
     }
 }
@@ -97,6 +98,8 @@ struct LineStep {
     present: bool,
     create: bool,
     attrs: Attrs,
+    /// What `check` last found, so that `apply` does not look again.
+    planned: std::sync::Mutex<Option<Plan>>,
 }
 
 /// A content change: the new content and what it does.
@@ -201,13 +204,18 @@ impl LineStep {
 
     /// The content edit, or else the attribute changes, the file needs.
     async fn plan(&self, cx: &StepContext) -> Result<Plan, StepError> {
-        let old = cx.read_file(&self.path).await?;
+        // Content and attributes in one probe.
+        let (st, old) = match cx.read_with_stat(&self.path).await? {
+            Some((st, Some(content))) => (Some(st), Some(content)),
+            Some(_) => return Err(StepError::failed(format!("`{}` is not a regular file", self.path))),
+            None => (None, None),
+        };
         if let Some(edit) = self.edit(old.as_deref())? {
             return Ok(Plan::Edit(edit, old));
         }
-        match cx.stat(&self.path).await? {
+        match st {
             Some(st) if !self.attrs.is_empty() => {
-                let changes = self.attrs.changes(cx, &self.path, &st).await?;
+                let changes = self.attrs.changes(&st);
                 Ok(if changes.is_empty() {
                     Plan::InSync
                 } else {
@@ -234,21 +242,34 @@ fn body(line: &[u8]) -> &[u8] {
 #[async_trait::async_trait]
 impl Step for LineStep {
     async fn check(&self, cx: &StepContext) -> Result<Check, StepError> {
-        Ok(match self.plan(cx).await? {
+        let plan = self.plan(cx).await?;
+        let check = match &plan {
             Plan::InSync => Check::InSync(self.outputs()),
             Plan::Attrs(changes) => Check::Drift(Pending::new(format!("`{}`: {}", self.path, changes.join(", ")))),
             Plan::Edit(edit, old) => {
-                let mut pending = Pending::new(edit.what);
+                let mut pending = Pending::new(edit.what.clone());
                 if cx.mode.diff {
                     pending = pending.with_diff(file_diff(&self.path, old.as_deref(), &edit.content, &cx.masker));
                 }
                 Check::Drift(pending)
             }
-        })
+        };
+        *self.planned.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(plan);
+        Ok(check)
     }
 
     async fn apply(&self, cx: &StepContext, _pending: Pending) -> Result<Applied, StepError> {
-        match self.plan(cx).await? {
+        let planned = self
+            .planned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let plan = match planned {
+            Some(plan) => plan,
+            None => self.plan(cx).await?,
+        };
+        // One command: the new content, its attributes and the rename together.
+        match plan {
             Plan::InSync => {}
             Plan::Attrs(_) => self.attrs.fix(cx, &self.path, false).await?,
             Plan::Edit(edit, _) => {
@@ -372,6 +393,7 @@ mod tests {
             present: true,
             create: false,
             attrs: Attrs::default(),
+            planned: std::sync::Mutex::new(None),
         };
         let e = s.edit(Some(b"\xff\xfe\nk=old\n")).unwrap().unwrap();
         assert_eq!(e.content, b"\xff\xfe\nk=v\n");

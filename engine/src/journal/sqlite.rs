@@ -93,7 +93,11 @@ impl Sqlite {
             }
             if !told {
                 if let Some(h) = &holder {
-                    tracing::warn!("waiting for the lock of `{}`, held by {h}", claim.workflow);
+                    tracing::warn!(
+                        "waiting up to {} for the lock of `{}`, held by {h}",
+                        humantime::format_duration(wait),
+                        claim.workflow
+                    );
                     told = true;
                 }
             }

@@ -3,7 +3,9 @@
 //! operations where no privilege change is needed.
 
 use super::shell;
-use super::{Become, ExecOutput, ExecRequest, FileAttrs, FileKind, FileStat, Program, Transport, TransportError};
+use super::{
+    Become, ExecOutput, ExecRequest, FileAttrs, FileKind, FileStat, Program, StatAndContent, Transport, TransportError,
+};
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use std::io::Write as _;
@@ -112,16 +114,28 @@ impl Transport for LocalTransport {
     }
 
     async fn stat(&self, path: &str, become_: Option<&Become>) -> Result<Option<FileStat>, TransportError> {
+        self.local_stat(path, become_, true).await
+    }
+
+    async fn metadata(&self, path: &str, become_: Option<&Become>) -> Result<Option<FileStat>, TransportError> {
+        self.local_stat(path, become_, false).await
+    }
+
+    async fn read_with_stat(&self, path: &str, become_: Option<&Become>) -> Result<StatAndContent, TransportError> {
         if needs_sudo(become_) {
             let out = self
-                .exec(ExecRequest::shell(shell::stat_script(path)).become_(become_.cloned()))
+                .exec(ExecRequest::shell(shell::read_stat_script(path)).become_(become_.cloned()))
                 .await?;
-            return shell::parse_stat(path, &out);
+            return shell::parse_read_stat(path, out);
         }
-        let path = path.to_owned();
-        tokio::task::spawn_blocking(move || native_stat(&path))
-            .await
-            .map_err(|e| TransportError::Failed(e.to_string()))?
+        let Some(st) = self.local_stat(path, None, true).await? else {
+            return Ok(None);
+        };
+        if st.kind != FileKind::File {
+            return Ok(Some((st, None)));
+        }
+        let content = self.read_file(path, None).await?;
+        Ok(content.map(|c| (st, Some(c))))
     }
 
     async fn read_file(&self, path: &str, become_: Option<&Become>) -> Result<Option<Vec<u8>>, TransportError> {
@@ -165,6 +179,26 @@ impl Transport for LocalTransport {
     }
 }
 
+impl LocalTransport {
+    async fn local_stat(
+        &self,
+        path: &str,
+        become_: Option<&Become>,
+        hash: bool,
+    ) -> Result<Option<FileStat>, TransportError> {
+        if needs_sudo(become_) {
+            let out = self
+                .exec(ExecRequest::shell(shell::stat_script(path, hash)).become_(become_.cloned()))
+                .await?;
+            return shell::parse_stat(path, &out);
+        }
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || native_stat(&path, hash))
+            .await
+            .map_err(|e| TransportError::Failed(e.to_string()))?
+    }
+}
+
 fn unsafe_kill_group(pid: i32) {
     // SAFETY: kill(2) with a negative pid signals a process group; no memory is involved.
     unsafe {
@@ -172,7 +206,7 @@ fn unsafe_kill_group(pid: i32) {
     }
 }
 
-fn native_stat(path: &str) -> Result<Option<FileStat>, TransportError> {
+fn native_stat(path: &str, hash: bool) -> Result<Option<FileStat>, TransportError> {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -185,7 +219,7 @@ fn native_stat(path: &str) -> Result<Option<FileStat>, TransportError> {
     } else {
         FileKind::Other
     };
-    let sha256 = if meta.is_file() {
+    let sha256 = if meta.is_file() && hash {
         let bytes = std::fs::read(path).map_err(|e| TransportError::Failed(format!("cannot read `{path}`: {e}")))?;
         Some(hex(&Sha256::digest(&bytes)))
     } else {
@@ -197,6 +231,8 @@ fn native_stat(path: &str) -> Result<Option<FileStat>, TransportError> {
         owner: user_name(meta.uid()).unwrap_or_else(|| meta.uid().to_string()),
         group: group_name(meta.gid()).unwrap_or_else(|| meta.gid().to_string()),
         size: meta.len(),
+        uid: meta.uid(),
+        gid: meta.gid(),
         sha256,
     }))
 }
@@ -305,7 +341,7 @@ mod tests {
         .await
         .unwrap();
         let native = t.stat(p, None).await.unwrap().unwrap();
-        let out = t.exec(ExecRequest::shell(shell::stat_script(p))).await.unwrap();
+        let out = t.exec(ExecRequest::shell(shell::stat_script(p, true))).await.unwrap();
         let via_shell = shell::parse_stat(p, &out).unwrap().unwrap();
         assert_eq!(native, via_shell);
         assert_eq!(native.mode, 0o600);

@@ -26,6 +26,66 @@ pub fn default_connector() -> Option<std::sync::Arc<dyn crate::pool::Connector>>
     }
 }
 
+/// Remote commands (round trips to a host) and helper channels, counted by
+/// the transports: per transport, and summed for the process in
+/// [`remote_stats`], which the CLI reports in `--metrics` and `-v` logs.
+#[derive(Debug, Default)]
+pub struct RemoteStats {
+    commands: std::sync::atomic::AtomicU64,
+    sessions: std::sync::atomic::AtomicU64,
+    parent: Option<&'static RemoteStats>,
+}
+
+impl RemoteStats {
+    /// Counters that also add to `parent`.
+    pub const fn with_parent(parent: &'static RemoteStats) -> Self {
+        Self {
+            commands: std::sync::atomic::AtomicU64::new(0),
+            sessions: std::sync::atomic::AtomicU64::new(0),
+            parent: Some(parent),
+        }
+    }
+
+    const fn root() -> Self {
+        Self {
+            commands: std::sync::atomic::AtomicU64::new(0),
+            sessions: std::sync::atomic::AtomicU64::new(0),
+            parent: None,
+        }
+    }
+
+    pub fn add_command(&self) {
+        self.commands.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(p) = self.parent {
+            p.add_command();
+        }
+    }
+
+    pub fn add_session(&self) {
+        self.sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(p) = self.parent {
+            p.add_session();
+        }
+    }
+
+    /// Commands sent to hosts.
+    pub fn commands(&self) -> u64 {
+        self.commands.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Channels opened for them (remote helpers started).
+    pub fn sessions(&self) -> u64 {
+        self.sessions.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+static REMOTE: RemoteStats = RemoteStats::root();
+
+/// What every remote transport of this process has sent so far.
+pub fn remote_stats() -> &'static RemoteStats {
+    &REMOTE
+}
+
 /// Run as another user through `sudo -n` (never prompts; a password prompt is an error).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Become {
@@ -151,9 +211,15 @@ pub struct FileStat {
     pub owner: String,
     pub group: String,
     pub size: u64,
-    /// Hex SHA-256 of a regular file's content.
+    /// Numeric owner and group (a step may name them by number).
+    pub uid: u32,
+    pub gid: u32,
+    /// Hex SHA-256 of a regular file's content (not computed by [`Transport::metadata`]).
     pub sha256: Option<String>,
 }
+
+/// A file's metadata and, for a regular file, its content; `None` when absent.
+pub type StatAndContent = Option<(FileStat, Option<Vec<u8>>)>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
@@ -201,12 +267,29 @@ pub trait Transport: Send + Sync {
 
     async fn exec(&self, req: ExecRequest) -> Result<ExecOutput, TransportError>;
 
-    /// Metadata of `path`, or `None` when it does not exist.
+    /// Metadata of `path` with a regular file's SHA-256, or `None` when it does not exist.
     async fn stat(&self, path: &str, become_: Option<&Become>) -> Result<Option<FileStat>, TransportError> {
         let out = self
-            .exec(ExecRequest::shell(shell::stat_script(path)).become_(become_.cloned()))
+            .exec(ExecRequest::shell(shell::stat_script(path, true)).become_(become_.cloned()))
             .await?;
         shell::parse_stat(path, &out)
+    }
+
+    /// Metadata of `path` without hashing its content (cheaper), or `None` when it does not exist.
+    async fn metadata(&self, path: &str, become_: Option<&Become>) -> Result<Option<FileStat>, TransportError> {
+        let out = self
+            .exec(ExecRequest::shell(shell::stat_script(path, false)).become_(become_.cloned()))
+            .await?;
+        shell::parse_stat(path, &out)
+    }
+
+    /// Metadata (with SHA-256) and, for a regular file, content of `path`, in
+    /// one round trip; `None` when it does not exist.
+    async fn read_with_stat(&self, path: &str, become_: Option<&Become>) -> Result<StatAndContent, TransportError> {
+        let out = self
+            .exec(ExecRequest::shell(shell::read_stat_script(path)).become_(become_.cloned()))
+            .await?;
+        shell::parse_read_stat(path, out)
     }
 
     /// Content of `path`, or `None` when it does not exist.

@@ -2,7 +2,7 @@
 //! line of a request (cd, env, timeout, sudo), and the stat/read/atomic-write
 //! scripts behind the default file operations.
 
-use super::{Become, ExecOutput, ExecRequest, FileAttrs, FileKind, FileStat, Program, TransportError};
+use super::{Become, ExecOutput, ExecRequest, FileAttrs, FileKind, FileStat, Program, StatAndContent, TransportError};
 use std::fmt::Write as _;
 
 /// Quote a word for a POSIX shell: safe words as they are, the rest in single quotes.
@@ -50,6 +50,25 @@ pub fn command_line(req: &ExecRequest) -> String {
     }
 }
 
+/// The request as a script for the remote helper, which runs it in a
+/// subshell (already as the `become` user, under `timeout` when asked):
+/// `cd`, the environment as exports, then the program's words or script.
+pub fn helper_script(req: &ExecRequest) -> String {
+    let mut s = String::new();
+    if let Some(dir) = &req.chdir {
+        let _ = writeln!(s, "cd {} || exit", quote(dir));
+    }
+    for (k, v) in &req.env {
+        let _ = writeln!(s, "export {}={}", quote(k), quote(v));
+    }
+    match &req.program {
+        Program::Argv(argv) => s.push_str(&argv.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")),
+        Program::Shell(script) => s.push_str(script),
+    }
+    s.push('\n');
+    s
+}
+
 /// Run `inner` as `b.user`: directly when already that user, else `sudo -n`.
 fn become_words(b: &Become, inner: &str) -> String {
     let user = quote(&b.user);
@@ -58,54 +77,125 @@ fn become_words(b: &Become, inner: &str) -> String {
 
 /// Turn sudo's refusal to prompt into a clear error.
 pub fn check_sudo(req: &ExecRequest, out: &ExecOutput) -> Result<(), TransportError> {
-    if req.become_.is_some() && out.rc != 0 {
-        let err = out.stderr_str();
-        if err.contains("a password is required") || err.contains("a terminal is required") {
-            return Err(TransportError::Failed(
-                "become: sudo asks for a password, and flowrun never answers prompts (it runs `sudo -n`); \
-                 allow this user passwordless sudo (NOPASSWD) or connect as the target user"
-                    .into(),
-            ));
-        }
-        if err.contains("sudo: not found") || err.contains("sudo: command not found") {
-            return Err(TransportError::Failed(
-                "become: `sudo` is not installed on the host".into(),
-            ));
-        }
+    match sudo_refusal(out) {
+        Some(e) if req.become_.is_some() => Err(e),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
-const ABSENT: &str = "__FLOWRUN_ABSENT__";
+/// The error for a failed `sudo -n`, if `out` is one.
+pub fn sudo_refusal(out: &ExecOutput) -> Option<TransportError> {
+    if out.rc == 0 {
+        return None;
+    }
+    let err = out.stderr_str();
+    if err.contains("a password is required") || err.contains("a terminal is required") {
+        return Some(TransportError::Failed(
+            "become: sudo asks for a password, and flowrun never answers prompts (it runs `sudo -n`); \
+             allow this user passwordless sudo (NOPASSWD) or connect as the target user"
+                .into(),
+        ));
+    }
+    if err.contains("sudo: not found") || err.contains("sudo: command not found") {
+        return Some(TransportError::Failed(
+            "become: `sudo` is not installed on the host".into(),
+        ));
+    }
+    None
+}
 
-pub fn stat_script(path: &str) -> String {
+/// What `stat` prints for a path, in one line.
+const STAT_FORMAT: &str = "'%F|%a|%U|%G|%s|%u|%g'";
+
+/// Exit status of a probe whose `stat` failed (its message is on stdout).
+const STAT_FAILED: i32 = 3;
+
+/// One probe of `path`: its stat line, then (for a regular file) its SHA-256
+/// when `hash`, in one command and at most two processes.
+pub fn stat_script(path: &str, hash: bool) -> String {
     let p = quote(path);
-    // Absent only when stat says so: a path we may not look into is an error, not "absent".
+    let mut s = format!("LC_ALL=C stat -L -c {STAT_FORMAT} -- {p} 2>&1 || exit {STAT_FAILED}\n");
+    if hash {
+        let _ = write!(s, "[ -f {p} ] || exit 0\nsha256sum -- {p}\n");
+    }
+    s
+}
+
+/// The stat line and, for a regular file, its content: `read` + `stat` in one command.
+pub fn read_stat_script(path: &str) -> String {
+    let p = quote(path);
     format!(
-        "if out=$(LC_ALL=C stat -L -c '%F|%a|%U|%G|%s' -- {p} 2>&1); then echo \"$out\"; \
-         if [ -f {p} ]; then sha256sum -- {p} | cut -c1-64 || exit 3; fi; \
-         else case \"$out\" in *'No such file'*|*'Not a directory'*) echo {ABSENT};; *) echo \"$out\" >&2; exit 3;; esac; fi"
+        "LC_ALL=C stat -L -c {STAT_FORMAT} -- {p} 2>&1 || exit {STAT_FAILED}\n[ -f {p} ] || exit 0\nexec cat -- {p}\n"
     )
 }
 
+/// Absent only when stat says so: a path we may not look into is an error, not "absent".
+fn stat_failure(path: &str, out: &ExecOutput) -> Result<(), TransportError> {
+    if out.rc == STAT_FAILED {
+        let text = out.stdout_str();
+        if text.contains("No such file") || text.contains("Not a directory") {
+            return Ok(());
+        }
+        return Err(TransportError::Failed(format!("cannot stat `{path}`: {}", text.trim())));
+    }
+    Err(TransportError::Failed(format!(
+        "cannot stat `{path}`: {}",
+        out.stderr_str().trim()
+    )))
+}
+
 pub fn parse_stat(path: &str, out: &ExecOutput) -> Result<Option<FileStat>, TransportError> {
-    let text = out.stdout_str();
     if out.rc != 0 {
+        return stat_failure(path, out).map(|()| None);
+    }
+    let (first, rest) = split_line(&out.stdout);
+    let mut st = parse_stat_line(path, first)?;
+    let hash = String::from_utf8_lossy(rest);
+    st.sha256 = hash
+        .get(..64)
+        .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_owned);
+    Ok(Some(st))
+}
+
+/// The stat and content from [`read_stat_script`]; content only for a regular file.
+pub fn parse_read_stat(path: &str, out: ExecOutput) -> Result<StatAndContent, TransportError> {
+    if out.rc != 0 {
+        return stat_failure(path, &out).map(|()| None);
+    }
+    let (first, rest) = split_line(&out.stdout);
+    let st = parse_stat_line(path, first)?;
+    if st.kind != FileKind::File {
+        return Ok(Some((st, None)));
+    }
+    let content = rest.to_vec();
+    if content.len() as u64 != st.size {
         return Err(TransportError::Failed(format!(
-            "cannot stat `{path}`: {}",
-            out.stderr_str().trim()
+            "cannot read `{path}`: it changed while it was read"
         )));
     }
-    let mut lines = text.lines();
-    let first = lines.next().unwrap_or_default();
-    if first == ABSENT {
-        return Ok(None);
+    let st = FileStat {
+        sha256: Some(crate::transport::local::hex(&<sha2::Sha256 as sha2::Digest>::digest(
+            &content,
+        ))),
+        ..st
+    };
+    Ok(Some((st, Some(content))))
+}
+
+fn split_line(bytes: &[u8]) -> (&[u8], &[u8]) {
+    match bytes.iter().position(|b| *b == b'\n') {
+        Some(i) => (&bytes[..i], &bytes[i + 1..]),
+        None => (bytes, &[]),
     }
+}
+
+fn parse_stat_line(path: &str, line: &[u8]) -> Result<FileStat, TransportError> {
+    let first = String::from_utf8_lossy(line);
+    let bad = || TransportError::Failed(format!("cannot stat `{path}`: unexpected output `{first}`"));
     let f: Vec<&str> = first.split('|').collect();
-    if f.len() != 5 {
-        return Err(TransportError::Failed(format!(
-            "cannot stat `{path}`: unexpected output `{first}`"
-        )));
+    if f.len() != 7 {
+        return Err(bad());
     }
     let kind = match f[0] {
         "regular file" | "regular empty file" => FileKind::File,
@@ -113,15 +203,16 @@ pub fn parse_stat(path: &str, out: &ExecOutput) -> Result<Option<FileStat>, Tran
         "symbolic link" => FileKind::Symlink,
         _ => FileKind::Other,
     };
-    let bad = || TransportError::Failed(format!("cannot stat `{path}`: unexpected output `{first}`"));
-    Ok(Some(FileStat {
+    Ok(FileStat {
         kind,
         mode: u32::from_str_radix(f[1], 8).map_err(|_| bad())?,
         owner: f[2].to_owned(),
         group: f[3].to_owned(),
         size: f[4].parse().map_err(|_| bad())?,
-        sha256: lines.next().map(|l| l.trim().to_owned()).filter(|l| l.len() == 64),
-    }))
+        uid: f[5].parse().map_err(|_| bad())?,
+        gid: f[6].parse().map_err(|_| bad())?,
+        sha256: None,
+    })
 }
 
 const ABSENT_RC: i32 = 44;
@@ -146,22 +237,25 @@ pub fn parse_read(path: &str, out: ExecOutput) -> Result<Option<Vec<u8>>, Transp
     }
 }
 
-/// Content arrives on stdin into a temp file beside the target, which gets its
-/// attributes (or the old file's) and is renamed over the target.
+/// Content arrives on stdin into a new temp file beside the target (created
+/// exclusively under a random name: `set -C`), which gets its attributes (or
+/// the old file's) and is renamed over the target. Only `cat`, `chmod`,
+/// `chown` (when needed) and `mv` run.
 pub fn write_script(path: &str, attrs: &FileAttrs) -> String {
     let p = quote(path);
+    let mut r = [0u8; 6];
+    let _ = getrandom::fill(&mut r);
+    let tag = crate::transport::local::hex(&r);
     let mut s = format!(
-        "set -e; p={p}; d=$(dirname -- \"$p\"); t=$(mktemp \"$d/.flowrun.XXXXXX\"); \
-         trap 'rm -f \"$t\"' EXIT; cat > \"$t\"; "
+        "set -e; p={p}; case $p in */*) d=${{p%/*}};; *) d=.;; esac; [ -n \"$d\" ] || d=/; \
+         t=\"$d/.flowrun.$$.{tag}\"; trap 'rm -f \"$t\"' EXIT; (set -C; exec cat > \"$t\"); "
     );
     match attrs.mode {
         Some(m) => {
             let _ = write!(s, "chmod {m:o} \"$t\"; ");
         }
-        None => s.push_str(
-            "if [ -e \"$p\" ]; then chmod --reference=\"$p\" \"$t\"; \
-             else chmod \"$(printf '%o' $(( 0666 & ~0$(umask) )))\" \"$t\"; fi; ",
-        ),
+        // A new file already has the umask's mode.
+        None => s.push_str("if [ -e \"$p\" ]; then chmod --reference=\"$p\" \"$t\"; fi; "),
     }
     match (&attrs.owner, &attrs.group) {
         (None, None) => s.push_str("if [ -e \"$p\" ]; then chown --reference=\"$p\" \"$t\" 2>/dev/null || true; fi; "),
@@ -187,20 +281,35 @@ mod tests {
     fn a_path_we_cannot_look_into_is_an_error_not_absent() {
         use std::process::Command;
         let run = |script: String| Command::new("sh").arg("-c").arg(script).output().unwrap();
-        let missing = run(stat_script("/nonexistent/dir/file"));
-        assert_eq!(String::from_utf8_lossy(&missing.stdout).trim(), ABSENT);
+        let probe = |script: String| {
+            let out = run(script);
+            let out = ExecOutput {
+                rc: out.status.code().unwrap_or(-1),
+                stdout: out.stdout,
+                stderr: out.stderr,
+            };
+            parse_stat("p", &out)
+        };
+        assert!(probe(stat_script("/nonexistent/dir/file", true)).unwrap().is_none());
         let missing = run(read_script("/nonexistent/file"));
         assert_eq!(missing.status.code(), Some(ABSENT_RC));
-        let under_file = run(stat_script("/etc/hostname/x"));
-        assert_eq!(String::from_utf8_lossy(&under_file.stdout).trim(), ABSENT);
+        assert!(probe(stat_script("/etc/hostname/x", true)).unwrap().is_none());
+        let st = probe(stat_script("/etc/hostname", true)).unwrap().unwrap();
+        assert_eq!((st.kind, st.uid), (FileKind::File, 0));
+        assert_eq!(st.sha256.map(|h| h.len()), Some(64));
         // As an unprivileged user, root's home is closed: stat must fail, not say absent.
         if Command::new("id").arg("-u").output().unwrap().stdout == b"0\n" {
             let out = Command::new("su")
-                .args(["nobody", "-s", "/bin/sh", "-c", &stat_script("/root/.bashrc")])
+                .args(["nobody", "-s", "/bin/sh", "-c", &stat_script("/root/.bashrc", true)])
                 .output()
                 .unwrap();
-            assert_ne!(String::from_utf8_lossy(&out.stdout).trim(), ABSENT, "{out:?}");
-            assert_eq!(out.status.code(), Some(3), "{out:?}");
+            assert_eq!(out.status.code(), Some(STAT_FAILED), "{out:?}");
+            let out = ExecOutput {
+                rc: STAT_FAILED,
+                stdout: out.stdout,
+                stderr: out.stderr,
+            };
+            assert!(parse_stat("/root/.bashrc", &out).is_err());
         }
     }
 

@@ -3,21 +3,23 @@
 //!
 //! The system `ssh` runs as a ControlMaster (through the `openssh` crate's
 //! native mux client), so users' `~/.ssh/config`, agent and ProxyJump work as
-//! they do on the command line, a host costs one SSH handshake per run, and
-//! each command is one new channel on that connection (about 11 ms here,
-//! against 0.15–0.25 s for a fresh connection).
+//! they do on the command line, and a host costs one SSH handshake per run.
 //!
 //! - The connection opens on first use (or at once with [`SshTransport::connect`])
 //!   and is shared by every step on the host; [`Transport::close`] ends it.
 //!   If the master is gone when a command starts (idle timeout, the host
 //!   rebooted), the transport reconnects once; nothing ran, so that is safe.
-//! - Each command runs as `sh -c '<request as one shell line>'`: the request's
-//!   `cd`, `env`, `timeout` and `sudo -n` are in that line
-//!   ([`ExecRequest::to_shell_command`]). sshd hands the string to the
-//!   user's login shell, which must understand POSIX single quotes (sh, bash,
-//!   dash, zsh, ksh do; csh does not).
-//! - At most [`SshOptions::max_sessions`] commands run at once on a host,
-//!   below sshd's `MaxSessions` (10 channels per connection).
+//! - Commands do not each open a channel: they are framed requests to a
+//!   remote helper, a POSIX shell that stays on its channel and runs one
+//!   request after another (`ssh/helper.rs` documents the protocol). A
+//!   command then costs one round trip on an open channel, and its script,
+//!   environment and stdin never appear in any argv on the host. A request
+//!   with `become` goes to a helper started once through `sudo -n -H -u USER`.
+//!   The channel's command line, handed to the user's login shell, must
+//!   parse as POSIX (sh, bash, dash, zsh, ksh do; csh does not).
+//! - At most [`SshOptions::max_sessions`] helpers (channels) live and run
+//!   commands at once on a host, below sshd's `MaxSessions` (10 channels per
+//!   connection).
 //! - A command with a timeout runs under the remote `timeout` (which kills it
 //!   on the host) and under a local deadline a little longer, for a host that
 //!   stops answering.
@@ -31,20 +33,23 @@
 
 mod connect;
 mod connector;
+mod helper;
+mod helpers;
 mod options;
 
 pub use connector::SshConnector;
 pub use options::{default_control_dir, SshOptions, SSHD_MAX_SESSIONS};
 
-use super::{shell, ExecOutput, ExecRequest, Program, Transport, TransportError};
+use super::{shell, Become, ExecOutput, ExecRequest, Program, RemoteStats, Transport, TransportError};
 use crate::host::Host;
 use async_trait::async_trait;
 use connect::Target;
+use helper::{Failure, Helper, NotStarted};
+use helpers::{Helpers, Lease};
 use openssh::{Session, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Mutex, Semaphore};
 
 /// How long after the remote `timeout` (and its 5 s kill grace) the local deadline falls.
@@ -75,6 +80,8 @@ pub struct SshTransport {
     state: Mutex<State>,
     attempts: AtomicU64,
     permits: Semaphore,
+    helpers: Helpers,
+    stats: RemoteStats,
 }
 
 impl std::fmt::Debug for SshTransport {
@@ -123,6 +130,8 @@ impl SshTransport {
             state: Mutex::new(State::default()),
             attempts: AtomicU64::new(0),
             permits: Semaphore::new(opts.max_sessions),
+            helpers: Helpers::default(),
+            stats: RemoteStats::with_parent(super::remote_stats()),
         })
     }
 
@@ -178,19 +187,15 @@ impl SshTransport {
         ))
     }
 
-    /// Start `remote` on the host; reconnect once if the master has gone away.
-    async fn spawn(
-        &self,
-        remote: &str,
-        stdin: bool,
-    ) -> Result<(Arc<Session>, openssh::Child<Arc<Session>>), TransportError> {
+    /// Start a channel running `remote`; reconnect once if the master has gone away.
+    async fn spawn(&self, remote: &str) -> Result<(Arc<Session>, openssh::Child<Arc<Session>>), TransportError> {
         let session = self.session().await?;
-        match start_retrying(&session, remote, stdin).await {
+        match start_retrying(&session, remote).await {
             Ok(child) => Ok((session, child)),
             Err(e) if is_disconnect(&e) => {
                 self.invalidate(&session).await;
                 let session = self.session().await?;
-                match start_retrying(&session, remote, stdin).await {
+                match start_retrying(&session, remote).await {
                     Ok(child) => Ok((session, child)),
                     Err(e) => Err(self.after_error(&session, &e, "before the command started").await),
                 }
@@ -208,75 +213,119 @@ impl SshTransport {
         TransportError::Failed(format!("ssh to `{}`: {}", self.target.name, connect::describe(e)))
     }
 
-    /// Run `remote` to completion: stdin fed, stdout and stderr collected.
-    async fn run(&self, remote: &str, stdin: Option<&[u8]>) -> Result<ExecOutput, TransportError> {
-        let (session, mut child) = self.spawn(remote, stdin.is_some()).await?;
-        let input = child.stdin().take();
-        let feed = async move {
-            if let (Some(mut w), Some(bytes)) = (input, stdin) {
-                // The command may exit without reading it all: a broken pipe is not our error.
-                let _ = w.write_all(bytes).await;
-                let _ = w.shutdown().await;
+    /// An idle helper running as `user` on the current session, or a new one.
+    async fn lease(&self, user: Option<&str>) -> Result<Lease<'_>, TransportError> {
+        let session = self.session().await?;
+        if let Some(h) = self.helpers.take_idle(&session, user, self.opts.max_sessions) {
+            return Ok(Lease::new(self, h));
+        }
+        let reserved = Lease::reserve(self);
+        let (session, child) = self.spawn(&helper::start_command(user)).await?;
+        match Helper::start(session.clone(), child, user.map(str::to_owned)).await {
+            Ok(h) => {
+                self.stats.add_session();
+                if user.is_none() {
+                    self.helpers.set_login_user(&h.whoami);
+                }
+                tracing::debug!("`{}`: remote helper started as `{}`", self.target.name, h.whoami);
+                Ok(reserved.fill(h))
             }
-        };
-        let mut out_pipe = child.stdout().take();
-        let mut err_pipe = child.stderr().take();
-        let read_out = async {
-            let mut buf = Vec::new();
-            if let Some(p) = out_pipe.as_mut() {
-                p.read_to_end(&mut buf).await.map(|_| buf)
-            } else {
-                Ok(buf)
-            }
-        };
-        let read_err = async {
-            let mut buf = Vec::new();
-            if let Some(p) = err_pipe.as_mut() {
-                p.read_to_end(&mut buf).await.map(|_| buf)
-            } else {
-                Ok(buf)
-            }
-        };
-        let ((), stdout, stderr) = tokio::join!(feed, read_out, read_err);
-        let (Ok(stdout), Ok(mut stderr)) = (stdout, stderr) else {
-            return Err(self.dropped_or_failed(&session, "while running a command").await);
-        };
-        let rc = match child.wait().await {
-            Ok(status) => status.code().unwrap_or(-1),
-            // openssh reports exit status 127 as an error; it is the shell's "command not found".
-            Err(openssh::Error::Remote(e)) if e.kind() == std::io::ErrorKind::NotFound => 127,
-            // No exit status: killed by a signal, or the connection dropped (the protocol cannot tell).
-            Err(openssh::Error::RemoteProcessTerminated) => {
+            Err(NotStarted { output }) => {
+                if user.is_some() {
+                    if let Some(e) = shell::sudo_refusal(&output) {
+                        return Err(e);
+                    }
+                }
                 if session.check().await.is_err() {
                     self.invalidate(&session).await;
-                    return Err(self.dropped("while running a command"));
+                    return Err(self.dropped("before the command started"));
                 }
-                stderr.extend_from_slice(b"\n(the remote command was killed by a signal)\n");
-                -1
+                Err(TransportError::Failed(format!(
+                    "ssh to `{}`: cannot start a shell on the host: {}",
+                    self.target.name,
+                    output.failure_message("sh")
+                )))
             }
-            Err(e) => return Err(self.after_error(&session, &e, "while running a command").await),
-        };
-        Ok(ExecOutput { rc, stdout, stderr })
+        }
     }
 
-    async fn dropped_or_failed(&self, session: &Arc<Session>, when: &str) -> TransportError {
-        if session.check().await.is_err() {
-            self.invalidate(session).await;
-            return self.dropped(when);
+    /// Run one request on a helper. A helper that died before the request
+    /// started ran nothing: the request goes to a new one, once.
+    async fn run_request(
+        &self,
+        user: Option<&str>,
+        script: &str,
+        stdin: Option<&[u8]>,
+        timeout: u64,
+    ) -> Result<ExecOutput, TransportError> {
+        for attempt in 0..2 {
+            let mut lease = self.lease(user).await?;
+            self.stats.add_command();
+            let h = lease.helper();
+            let session = h.session.clone();
+            match h.run(script, stdin, timeout).await {
+                Ok(out) => {
+                    lease.release();
+                    return Ok(out);
+                }
+                Err(Failure::Invalid(m)) => {
+                    lease.release();
+                    return Err(TransportError::Failed(m));
+                }
+                Err(Failure::Died { started }) => {
+                    drop(lease);
+                    if session.check().await.is_err() {
+                        self.invalidate(&session).await;
+                        if started || attempt == 1 {
+                            let when = if started {
+                                "while running a command"
+                            } else {
+                                "before the command started"
+                            };
+                            return Err(self.dropped(when));
+                        }
+                        continue;
+                    }
+                    if started {
+                        return Ok(ExecOutput {
+                            rc: -1,
+                            stdout: Vec::new(),
+                            stderr: b"(the remote command was killed by a signal)\n".to_vec(),
+                        });
+                    }
+                    if attempt == 1 {
+                        return Err(TransportError::Failed(format!(
+                            "ssh to `{}`: the shell on the host exited before running the command",
+                            self.target.name
+                        )));
+                    }
+                }
+            }
         }
-        TransportError::Failed(format!("ssh to `{}`: lost the output of the command", self.target.name))
+        unreachable!("the loop returns")
+    }
+
+    /// The `become` user a request needs a helper for: `None` when it is the login user.
+    async fn helper_user(&self, b: Option<&Become>) -> Result<Option<String>, TransportError> {
+        let Some(b) = b else { return Ok(None) };
+        if self.helpers.login_user().is_none() {
+            // Learn who we log in as (that helper serves later plain requests).
+            self.lease(None).await?.release();
+        }
+        Ok((self.helpers.login_user().as_deref() != Some(b.user.as_str())).then(|| b.user.clone()))
+    }
+
+    /// Remote commands this transport sent (requests to its helpers).
+    pub fn commands_sent(&self) -> u64 {
+        self.stats.commands()
     }
 }
 
-async fn start(
-    session: &Arc<Session>,
-    remote: &str,
-    stdin: bool,
-) -> Result<openssh::Child<Arc<Session>>, openssh::Error> {
+async fn start(session: &Arc<Session>, remote: &str) -> Result<openssh::Child<Arc<Session>>, openssh::Error> {
     session
         .clone()
         .arc_raw_command(remote)
-        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -290,14 +339,10 @@ const OPEN_RETRIES: u32 = 40;
 /// status arrives before its channel is closed on the server, so right after
 /// a burst of short commands sshd may still count more than `MaxSessions`
 /// open channels for a moment. A refused channel ran nothing: asking again is safe.
-async fn start_retrying(
-    session: &Arc<Session>,
-    remote: &str,
-    stdin: bool,
-) -> Result<openssh::Child<Arc<Session>>, openssh::Error> {
+async fn start_retrying(session: &Arc<Session>, remote: &str) -> Result<openssh::Child<Arc<Session>>, openssh::Error> {
     let mut tries = 0;
     loop {
-        match start(session, remote, stdin).await {
+        match start(session, remote).await {
             Err(e) if tries < OPEN_RETRIES && connect::describe(&e).contains("open refused by peer") => {
                 tries += 1;
                 tokio::time::sleep(Duration::from_millis(u64::from(tries.min(10)) * 5)).await;
@@ -336,18 +381,25 @@ impl Transport for SshTransport {
         if matches!(&req.program, Program::Argv(a) if a.is_empty()) {
             return Err(TransportError::Failed("empty command".into()));
         }
-        let remote = format!("sh -c {}", shell::quote(&req.to_shell_command()));
         let _permit = self
             .permits
             .acquire()
             .await
             .map_err(|_| TransportError::Failed("the SSH transport is closed".into()))?;
+        let user = self.helper_user(req.become_.as_ref()).await?;
+        let script = shell::helper_script(&req);
+        // The remote `timeout` counts whole seconds (at least one).
+        let remote_t = req.timeout.map(|t| Duration::from_secs(t.as_secs().max(1)));
         let started = Instant::now();
-        let run = self.run(&remote, req.stdin.as_deref());
-        let out = match req.timeout {
-            Some(t) => {
-                // The remote `timeout` counts whole seconds (at least one).
-                let remote_t = Duration::from_secs(t.as_secs().max(1));
+        let run = self.run_request(
+            user.as_deref(),
+            &script,
+            req.stdin.as_deref(),
+            remote_t.map_or(0, |t| t.as_secs()),
+        );
+        let out = match (req.timeout, remote_t) {
+            (Some(t), Some(remote_t)) => {
+                // Dropping the request on the local deadline drops its helper (and channel).
                 let out = tokio::time::timeout(remote_t + LOCAL_GRACE, run)
                     .await
                     .map_err(|_| TransportError::Timeout(t))??;
@@ -357,13 +409,18 @@ impl Transport for SshTransport {
                 }
                 out
             }
-            None => run.await?,
+            _ => run.await?,
         };
         shell::check_sudo(&req, &out)?;
         Ok(out)
     }
 
     async fn close(&self) {
+        drop(self.helpers.take_all());
+        let (n, m) = (self.stats.commands(), self.stats.sessions());
+        if n > 0 {
+            tracing::info!("`{}`: {n} remote commands over {m} helper channels", self.target.name);
+        }
         let session = self.state.lock().await.session.take();
         if let Some(s) = session {
             match Arc::try_unwrap(s) {

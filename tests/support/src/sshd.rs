@@ -131,6 +131,8 @@ impl SshdHost {
         config::keygen(&dir.path().join("client_ed25519"), "flowrun-test-client")?;
         let client_pub = config::public_key(&dir.path().join("client_ed25519.pub"))?;
         config::write_file(&dir.path().join("authorized_keys"), &format!("{client_pub}\n"), 0o644)?;
+        // Every user's helper appends to it (see `commands_executed`).
+        config::write_file(&dir.path().join("requests.log"), "", 0o666)?;
         let host_key = config::public_key(&dir.path().join("host_ed25519.pub"))?;
         if is_root() {
             std::fs::create_dir_all("/run/sshd")?;
@@ -357,9 +359,22 @@ impl SshdHost {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    /// Commands sshd has started (`ssh host CMD`, one per multiplexed exec).
+    /// Commands the host ran: those sshd started (`ssh host CMD`), and the
+    /// requests that flowrun's remote helper ran on its channel (it records
+    /// them in `requests.log`, named by the `FLOWRUN_REMOTE_TRACE` that this
+    /// sshd sets), not counting the helpers' own channels.
     pub fn commands_executed(&self) -> usize {
-        self.log().matches("Starting session: command ").count()
+        let trace = std::fs::read_to_string(self.dir.path().join("requests.log")).unwrap_or_default();
+        let helpers = trace.lines().filter(|l| *l == "helper").count();
+        let requests = trace.lines().count() - helpers;
+        (self.log().matches("Starting session: command ").count() + requests).saturating_sub(helpers)
+    }
+
+    /// Remote helper channels started on the host (one per concurrent
+    /// command stream and `become` user, not one per command).
+    pub fn helpers_started(&self) -> usize {
+        let trace = std::fs::read_to_string(self.dir.path().join("requests.log")).unwrap_or_default();
+        trace.lines().filter(|l| *l == "helper").count()
     }
 
     /// Sessions of any kind (commands, shells, sftp).

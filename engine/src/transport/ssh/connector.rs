@@ -27,6 +27,7 @@ impl SshConnector {
     /// Default options and a fresh private socket directory under the
     /// runtime (or temp) directory, removed when the connector is dropped.
     pub fn with_private_control_dir() -> std::io::Result<Self> {
+        raise_fd_limit();
         let base = super::default_control_dir();
         let parent = base
             .parent()
@@ -47,6 +48,20 @@ impl SshConnector {
 
     pub fn options(&self) -> &SshOptions {
         &self.opts
+    }
+}
+
+/// Each host holds a few descriptors per open channel (the mux client passes
+/// the pipes of every helper): with hundreds of hosts the usual soft limit of
+/// 1024 runs out, so raise it to the hard limit, as servers do.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit with a valid pointer to plain data.
+    unsafe {
+        let mut l: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
     }
 }
 

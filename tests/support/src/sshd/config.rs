@@ -67,8 +67,9 @@ pub fn sshd_config(c: &ConfigInput<'_>) -> String {
          PubkeyAuthentication yes\n\
          PermitRootLogin yes\n\
          Subsystem sftp internal-sftp\n\
-         # root's shell startup files here run pyenv unless SHLVL is set\n\
-         SetEnv SHLVL=1\n\
+         # root's shell startup files here run pyenv unless SHLVL is set; flowrun's\n\
+         # remote helper records the requests it runs (sshd sees only its channel)\n\
+         SetEnv SHLVL=1 FLOWRUN_REMOTE_TRACE={d}/requests.log\n\
          MaxSessions 10\n\
          MaxStartups 100:30:200\n\
          LogLevel {level}\n",

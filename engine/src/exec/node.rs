@@ -1,0 +1,204 @@
+//! One node (a step on a host): whether it may run at all (its needs
+//! succeeded, the host is reachable, the run is not stopping, its tags are
+//! selected), its `for_each` items run concurrently, their statuses added up,
+//! the result published for later steps, and its handlers notified.
+
+use super::context::{ForkTicket, NodeEnd, RunContext};
+use super::instance::{run_instance, InstanceOutcome};
+use super::items::{self, Item};
+use super::record::restore_outputs;
+use super::scope::{ItemResult, StepResult};
+use super::RunOptions;
+use crate::journal::RecordKey;
+use crate::model::StepDef;
+use crate::report::Status;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::task::JoinSet;
+
+/// Why a node or instance did not start after `fail_fast` or `max_fail_percentage` stopped the run.
+pub(crate) const STOPPING: &str = "not run: the run is stopping after a failure (fail_fast / max_fail_percentage)";
+
+pub(crate) async fn run_node(ctx: &Arc<RunContext>, node: usize, ticket: ForkTicket) -> NodeEnd {
+    let Ok(permit) = ticket.await else {
+        return NodeEnd::Blocked;
+    };
+    let plan_node = ctx.plan.nodes[node].clone();
+    let step = &ctx.workflow().steps[plan_node.step];
+    let host = &plan_node.host.name;
+    if let Some(why) = blocked(ctx, node) {
+        ctx.emit(
+            ctx.result(step, host, None, Status::Skipped, Instant::now())
+                .message(why),
+        );
+        return NodeEnd::Blocked;
+    }
+    if !tag_selected(step, &ctx.opts) {
+        not_selected(ctx, plan_node.step, host);
+        return NodeEnd::Done(Status::Skipped);
+    }
+    let need_changed = {
+        let state = ctx.state();
+        ctx.plan.deps[node]
+            .iter()
+            .any(|&d| state.ends[d] == Some(NodeEnd::Done(Status::Changed)))
+    };
+    // Always: a step may render files with these variables even when its parameters have no template.
+    let vars = ctx.vars(host, &ctx.workflow().ancestors[plan_node.step]);
+    let items = match &step.for_each {
+        None => None,
+        Some(spec) => match items::expand(&ctx.templates, &ctx.env.masker, step, spec, &vars) {
+            Ok(items) => Some(items),
+            Err(message) => {
+                ctx.emit(
+                    ctx.result(step, host, None, Status::Failed, Instant::now())
+                        .message(message),
+                );
+                return NodeEnd::Done(Status::Failed);
+            }
+        },
+    };
+    let vars = Arc::new(vars);
+    let result = match items {
+        None => {
+            let out = run_instance(ctx.clone(), node, None, vars, need_changed, Some(permit)).await;
+            StepResult::Single {
+                outputs: out.outputs,
+                status: out.status,
+            }
+        }
+        Some(items) => {
+            // Each item takes a fork of its own.
+            drop(permit);
+            run_items(ctx, node, items, vars, need_changed).await
+        }
+    };
+    let status = match &result {
+        StepResult::Single { status, .. } | StepResult::Items { status, .. } => *status,
+    };
+    let changed = match &result {
+        StepResult::Single { status, .. } => *status == Status::Changed,
+        StepResult::Items { results, .. } => results.iter().any(|r| r.status == Status::Changed),
+    };
+    ctx.state().results.insert(plan_node.step, host, &result);
+    if changed {
+        notify(ctx, step, host);
+    }
+    if status == Status::Failed && step.ignore_errors {
+        return NodeEnd::Done(Status::Ok);
+    }
+    NodeEnd::Done(status)
+}
+
+/// Why a node cannot run, if it cannot.
+fn blocked(ctx: &RunContext, node: usize) -> Option<String> {
+    let plan_node = &ctx.plan.nodes[node];
+    let state = ctx.state();
+    if state.dead_hosts.contains(&plan_node.host.name) {
+        return Some(format!("not run: host `{}` is unreachable", plan_node.host.name));
+    }
+    let failed_need = ctx.plan.deps[node].iter().find_map(|&d| match state.ends[d] {
+        Some(end) if !end.lets_dependents_run() => {
+            let need = &ctx.plan.nodes[d];
+            Some(format!(
+                "not run: `{}` did not succeed on `{}`",
+                ctx.workflow().steps[need.step].id,
+                need.host.name
+            ))
+        }
+        _ => None,
+    });
+    failed_need.or_else(|| ctx.stop.load(Ordering::SeqCst).then(|| STOPPING.to_owned()))
+}
+
+/// Whether a step is selected by `--tags`/`--skip-tags` (`always` always runs).
+fn tag_selected(step: &StepDef, opts: &RunOptions) -> bool {
+    let has = |t: &String| step.tags.contains(t);
+    if opts.skip_tags.iter().any(has) {
+        return false;
+    }
+    opts.tags.is_empty() || step.tags.iter().any(|t| t == "always") || opts.tags.iter().any(has)
+}
+
+/// A step not selected by tags: the outputs of its last success stay available to later steps.
+fn not_selected(ctx: &RunContext, step_index: usize, host: &str) {
+    let step = &ctx.workflow().steps[step_index];
+    let key = RecordKey {
+        step_id: step.id.clone(),
+        item: String::new(),
+        host: host.to_owned(),
+    };
+    if let Some(record) = ctx.records.get(&key) {
+        if let Some(outputs) = restore_outputs(&ctx.env.masker, &ctx.env.key, step, record) {
+            let result = StepResult::Single {
+                outputs,
+                status: Status::Skipped,
+            };
+            ctx.state().results.insert(step_index, host, &result);
+        }
+    }
+    let r = ctx.result(step, host, None, Status::Skipped, Instant::now());
+    ctx.emit(r.message("not selected by --tags/--skip-tags"));
+}
+
+/// A `for_each` node's items, concurrently; results in item order.
+async fn run_items(
+    ctx: &Arc<RunContext>,
+    node: usize,
+    items: Vec<Item>,
+    vars: Arc<serde_json::Value>,
+    need_changed: bool,
+) -> StepResult {
+    let mut set = JoinSet::new();
+    for (index, item) in items.into_iter().enumerate() {
+        let (ctx, vars) = (ctx.clone(), vars.clone());
+        set.spawn(async move {
+            let value = item.value.clone();
+            let out: InstanceOutcome = run_instance(ctx, node, Some(item), vars, need_changed, None).await;
+            (index, value, out)
+        });
+    }
+    let mut done = Vec::new();
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(x) => done.push(x),
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => tracing::error!("internal error: an item task failed: {e}"),
+        }
+    }
+    done.sort_by_key(|(index, _, _)| *index);
+    let status = done
+        .iter()
+        .map(|(_, _, out)| out.status)
+        .max_by_key(|s| s.severity())
+        .unwrap_or(Status::Skipped);
+    let results = done
+        .into_iter()
+        .map(|(_, item, out)| ItemResult {
+            item,
+            outputs: out.outputs,
+            status: out.status,
+        })
+        .collect();
+    StepResult::Items { results, status }
+}
+
+/// Remember (and journal) the handlers a changed node notifies on its host.
+fn notify(ctx: &RunContext, step: &StepDef, host: &str) {
+    let mut state = ctx.state();
+    for handler in &step.notify {
+        let Some(index) = ctx.workflow().handler_index(handler) else {
+            continue;
+        };
+        let list = state.notified.entry(host.to_owned()).or_default();
+        if !list.contains(&index) {
+            list.push(index);
+        }
+        if !ctx.opts.check {
+            if let Some(journal) = &ctx.env.journal {
+                journal.notify(&ctx.workflow().name, host, handler);
+            }
+        }
+    }
+}

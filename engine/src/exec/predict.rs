@@ -1,0 +1,266 @@
+//! What a run would take from the journal, for `flowrun plan`, without
+//! touching any host: the nodes in dependency order, each instance through
+//! the same pipeline as a run ([`Instance::prepare`]) in the same variables
+//! (built by the same scope), with the outputs of the instances the journal
+//! would restore restored, and their `restored` hooks called (a step that
+//! fills in a host's address does it here too, so later fingerprints match).
+//!
+//! A node after one that will run is predicted on a condition: it comes from
+//! the journal unless one of those steps changes (a run re-runs what needs a
+//! changed step). When its templates need outputs that only running would
+//! produce, it is decided at run time.
+
+use super::instance::{Instance, Pipeline, Prepared};
+use super::items::{self, Item};
+use super::scope::{base_vars, instance_vars, ItemResult, StepResult, StepResults};
+use super::RunOptions;
+use crate::journal::{Record, RecordKey};
+use crate::plan::Plan;
+use crate::report::Status;
+use crate::secrets::{Masker, SecretKey};
+use crate::template::Templates;
+use serde_json::{Map, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// What the journal would do with a node, in short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prediction {
+    /// Every instance comes from the journal.
+    Skip,
+    /// It runs (changed parameters, never journaled, `--force`/`--verify`).
+    Run,
+    /// `when` is false.
+    WhenFalse,
+    /// A `for_each` node: how many of its items the journal skips (or `when` does).
+    Items { skip: usize, total: usize },
+    /// Its parameters depend on outputs of steps that will run first.
+    Unknown,
+}
+
+impl Prediction {
+    fn skips_all(self) -> bool {
+        match self {
+            Self::Skip | Self::WhenFalse => true,
+            Self::Items { skip, total } => skip == total,
+            Self::Run | Self::Unknown => false,
+        }
+    }
+}
+
+/// One instance's prediction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstancePrediction {
+    /// The item's label (as a run shows it), for `for_each` instances.
+    pub item: Option<String>,
+    pub from_journal: bool,
+    pub when_false: bool,
+}
+
+/// A node's prediction in full.
+#[derive(Debug, Clone)]
+pub struct NodePrediction {
+    pub summary: Prediction,
+    /// Its instances, when they are known.
+    pub instances: Vec<InstancePrediction>,
+    /// Steps that run before this node: if one of them changes, this node runs too.
+    pub unless_changed: Vec<String>,
+}
+
+/// The short prediction of every node (see [`predict`]).
+pub fn predict_skips(
+    plan: &Plan,
+    records: &HashMap<RecordKey, Record>,
+    opts: &RunOptions,
+    secrets: &Map<String, Value>,
+    key: &SecretKey,
+    masker: &Arc<Masker>,
+) -> Vec<Prediction> {
+    predict(plan, records, opts, secrets, key, masker)
+        .into_iter()
+        .map(|p| p.summary)
+        .collect()
+}
+
+/// What a run with `opts` would do with each node, journal-wise.
+pub fn predict(
+    plan: &Plan,
+    records: &HashMap<RecordKey, Record>,
+    opts: &RunOptions,
+    secrets: &Map<String, Value>,
+    key: &SecretKey,
+    masker: &Arc<Masker>,
+) -> Vec<NodePrediction> {
+    let templates = Templates::new();
+    let mut walk = Walk {
+        plan,
+        opts,
+        secrets,
+        pipeline: Pipeline {
+            templates: &templates,
+            masker,
+            key,
+            records,
+            use_journal: !opts.force,
+        },
+        results: StepResults::new(plan.workflow.steps.len()),
+        incomplete: HashSet::new(),
+    };
+    let mut done: Vec<Option<NodePrediction>> = vec![None; plan.nodes.len()];
+    // Phases hold every node once, each after the nodes it needs.
+    for &node in plan.phases.iter().flatten() {
+        let p = walk.node(node, &done);
+        done[node] = Some(p);
+    }
+    done.into_iter()
+        .map(|p| {
+            p.unwrap_or(NodePrediction {
+                summary: Prediction::Unknown,
+                instances: Vec::new(),
+                unless_changed: Vec::new(),
+            })
+        })
+        .collect()
+}
+
+struct Walk<'a> {
+    plan: &'a Plan,
+    opts: &'a RunOptions,
+    secrets: &'a Map<String, Value>,
+    pipeline: Pipeline<'a>,
+    /// Results of the nodes that would come entirely from the journal.
+    results: StepResults,
+    /// Steps with a node whose results are not known in advance.
+    incomplete: HashSet<usize>,
+}
+
+impl Walk<'_> {
+    fn node(&mut self, node: usize, done: &[Option<NodePrediction>]) -> NodePrediction {
+        let plan_node = &self.plan.nodes[node];
+        let step = &self.plan.workflow.steps[plan_node.step];
+        let unless_changed = self.conditions(node, done);
+        let mut p = NodePrediction {
+            summary: Prediction::Unknown,
+            instances: Vec::new(),
+            unless_changed,
+        };
+        if !step.journal || self.opts.force || self.opts.verify {
+            p.summary = Prediction::Run;
+        } else if let Some((summary, instances, result)) = self.instances(node) {
+            p.summary = summary;
+            p.instances = instances;
+            if let Some(result) = result {
+                self.results.insert(plan_node.step, &plan_node.host.name, &result);
+            }
+        }
+        if !p.summary.skips_all() {
+            self.incomplete.insert(plan_node.step);
+        }
+        p
+    }
+
+    /// The steps whose change would make `node` run: needs that will run,
+    /// and what the needs that would not are conditional on.
+    fn conditions(&self, node: usize, done: &[Option<NodePrediction>]) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for &d in &self.plan.deps[node] {
+            let Some(need) = &done[d] else { continue };
+            let mut add = |id: &String| {
+                if !out.contains(id) {
+                    out.push(id.clone());
+                }
+            };
+            if !need.summary.skips_all() {
+                add(&self.plan.workflow.steps[self.plan.nodes[d].step].id);
+            }
+            need.unless_changed.iter().for_each(add);
+        }
+        out
+    }
+
+    /// Every instance of a node, or `None` when one of them cannot be known.
+    fn instances(&self, node: usize) -> Option<(Prediction, Vec<InstancePrediction>, Option<StepResult>)> {
+        let plan_node = &self.plan.nodes[node];
+        let step = &self.plan.workflow.steps[plan_node.step];
+        let host = &plan_node.host;
+        let vars = self.vars(plan_node.step, host);
+        let items: Option<Vec<Item>> = match &step.for_each {
+            None => None,
+            Some(spec) => Some(items::expand(self.pipeline.templates, self.pipeline.masker, step, spec, &vars).ok()?),
+        };
+        let one = |item: Option<&Item>| -> Option<(InstancePrediction, Status, crate::step::Outputs)> {
+            let instance = Instance {
+                step,
+                host,
+                item,
+                handler: false,
+            };
+            let label = item.map(|i| i.label.clone());
+            match instance.prepare(&self.pipeline, vars.clone()).ok()? {
+                Prepared::WhenFalse => Some((predicted(label, false, true), Status::Skipped, Map::new())),
+                Prepared::Ready(ready) => match ready.journaled_outputs(false, false) {
+                    Some(outputs) => {
+                        ready.built.restored(outputs, &self.plan.hosts);
+                        Some((predicted(label, true, false), Status::Ok, outputs.clone()))
+                    }
+                    None => Some((predicted(label, false, false), Status::Changed, Map::new())),
+                },
+            }
+        };
+        let Some(items) = items else {
+            let (instance, status, outputs) = one(None)?;
+            let summary = match (instance.from_journal, instance.when_false) {
+                (true, _) => Prediction::Skip,
+                (_, true) => Prediction::WhenFalse,
+                _ => Prediction::Run,
+            };
+            let result = summary.skips_all().then_some(StepResult::Single { outputs, status });
+            return Some((summary, vec![instance], result));
+        };
+        let mut instances = Vec::with_capacity(items.len());
+        let mut results = Vec::with_capacity(items.len());
+        for item in &items {
+            let (instance, status, outputs) = one(Some(item))?;
+            instances.push(instance);
+            results.push(ItemResult {
+                item: item.value.clone(),
+                outputs,
+                status,
+            });
+        }
+        let skip = instances.iter().filter(|i| i.from_journal || i.when_false).count();
+        let summary = Prediction::Items {
+            skip,
+            total: items.len(),
+        };
+        let status = results
+            .iter()
+            .map(|r| r.status)
+            .max_by_key(|s| s.severity())
+            .unwrap_or(Status::Skipped);
+        let result = summary.skips_all().then_some(StepResult::Items { results, status });
+        Some((summary, instances, result))
+    }
+
+    /// The node's variables, as a run builds them; a step whose results on
+    /// other hosts are not all known is left out rather than shown partly.
+    fn vars(&self, step: usize, host: &crate::host::Host) -> Value {
+        let workflow = &self.plan.workflow;
+        let base = base_vars(&workflow.vars, host, &self.opts.extra_vars, self.secrets);
+        let visible = workflow.ancestors[step]
+            .iter()
+            .copied()
+            .filter(|&a| self.results.has(a, &host.name) || !self.incomplete.contains(&a))
+            .map(|a| (a, workflow.steps[a].id.as_str()));
+        let steps = self.results.scope(visible, &host.name, &self.plan.hosts);
+        instance_vars(Some(&base), Some(host), steps)
+    }
+}
+
+fn predicted(item: Option<String>, from_journal: bool, when_false: bool) -> InstancePrediction {
+    InstancePrediction {
+        item,
+        from_journal,
+        when_false,
+    }
+}

@@ -1,0 +1,371 @@
+//! The remote helper: one long-lived POSIX shell per SSH channel that runs
+//! framed requests read from its stdin, so that a command costs one round
+//! trip on an open channel instead of a new channel, a login shell and an
+//! `sh -c` on the host, and so that no request ever travels in argv.
+//!
+//! ## Protocol
+//!
+//! The channel runs `sh -c BOOT sh TRACE` (through `sudo -n -H -u USER --`
+//! for a helper that runs as another user). `BOOT` reads a line holding a
+//! count N, then N lines of shell source, and `eval`s them: the helper's
+//! source (below) and its nonce — 32 random hex digits, never in argv — come
+//! on stdin. The helper prints `NONCE ready USER\n` on stdout, then loops:
+//!
+//! - request: a header line `ID LINES STDIN_LEN TIMEOUT\n`, then `LINES`
+//!   lines of shell script (read with the `read` builtin: any byte but NUL),
+//!   then exactly `STDIN_LEN` raw bytes (read by GNU `head -c`, which never
+//!   reads past its count, so binary and NUL bytes are safe). `TIMEOUT` is in
+//!   whole seconds, 0 for none.
+//! - the helper prints `NONCEsID\n` on stdout and on stderr, runs the script
+//!   in a subshell (stdin: the request's bytes, or `/dev/null`; stdout and
+//!   stderr: the channel's own), then prints `NONCEeID RC\n` on stdout and
+//!   `NONCEeID\n` on stderr. Output needs no escaping: the controller takes
+//!   everything between the markers, byte for byte. Bytes before a start
+//!   marker (a background process of an earlier command still writing) are
+//!   dropped.
+//! - with a timeout, the script runs under `timeout -k 5 TIMEOUT sh -c`, the
+//!   script passed in the environment (`/proc/PID/environ` is private to the
+//!   user, unlike argv). Bytes of stdin that the script leaves unread are
+//!   drained, so the next header is always where the controller put it.
+//! - if `TRACE` is not empty (the test sshd sets `FLOWRUN_REMOTE_TRACE`) the
+//!   helper appends `helper` when it starts and each request's id to that
+//!   file: it is how tests count remote commands that sshd cannot see.
+//!
+//! A helper runs one request at a time; the transport keeps a small pool of
+//! them per host (and per `become` user). A helper whose channel ends before
+//! the start marker ran nothing, and the request is retried on a new one; one
+//! that ends after it was killed under the command.
+
+use super::super::ExecOutput;
+use openssh::{Child, ChildStdin, ChildStdout, Session};
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+/// Reads the source (N lines after a count line) from stdin and runs it.
+const BOOT: &str = "IFS= read -r n || exit 1; s=; while [ \"$n\" -gt 0 ]; do IFS= read -r l || exit 1; s=\"$s$l\n\"; n=$((n - 1)); done; unset l; eval \"$s\"";
+
+/// The helper's loop; `@NONCE@` is replaced by the session's nonce.
+const SOURCE: &str = r#"unset n s
+__fr_n=@NONCE@
+__fr_t=${1-}
+[ -n "$__fr_t" ] && { printf 'helper\n' >> "$__fr_t"; } 2>/dev/null
+__fr_run() {
+  if [ "$__fr_to" -gt 0 ]; then
+    FLOWRUN_SCRIPT=$__fr_s timeout -k 5 "$__fr_to" sh -c 's=$FLOWRUN_SCRIPT; unset FLOWRUN_SCRIPT; eval "$s"'
+  else
+    (unset __fr_n __fr_t; set --; eval "$__fr_s")
+  fi
+}
+__fr_drain() { __fr_run; __fr_r=$?; cat >/dev/null; return $__fr_r; }
+printf '%s ready %s\n' "$__fr_n" "$(id -un)"
+while IFS=' ' read -r __fr_id __fr_lines __fr_in __fr_to; do
+  __fr_s=
+  while [ "$__fr_lines" -gt 0 ]; do
+    IFS= read -r __fr_l || exit 1
+    __fr_s="$__fr_s$__fr_l
+"
+    __fr_lines=$((__fr_lines - 1))
+  done
+  [ -n "$__fr_t" ] && { printf '%s\n' "$__fr_id" >> "$__fr_t"; } 2>/dev/null
+  printf '%ss%s\n' "$__fr_n" "$__fr_id"
+  printf '%ss%s\n' "$__fr_n" "$__fr_id" >&2
+  if [ "$__fr_in" -gt 0 ]; then
+    head -c "$__fr_in" | __fr_drain
+  else
+    __fr_run </dev/null
+  fi
+  __fr_rc=$?
+  printf '%se%s %s\n' "$__fr_n" "$__fr_id" "$__fr_rc"
+  printf '%se%s\n' "$__fr_n" "$__fr_id" >&2
+done
+"#;
+
+/// The command line that starts a helper (as `user` when given).
+pub fn start_command(user: Option<&str>) -> String {
+    let q = crate::transport::quote;
+    let run = format!("sh -c {} sh \"${{FLOWRUN_REMOTE_TRACE-}}\"", q(BOOT));
+    match user {
+        None => format!("exec {run}"),
+        Some(u) => {
+            let u = q(u);
+            format!("if [ \"$(id -un)\" = {u} ]; then exec {run}; else exec sudo -n -H -u {u} -- {run}; fi")
+        }
+    }
+}
+
+/// What went wrong with a request.
+#[derive(Debug)]
+pub enum Failure {
+    /// The channel ended; `started` says whether the script had begun.
+    Died { started: bool },
+    /// The request cannot be framed (a NUL byte in the script).
+    Invalid(String),
+}
+
+/// Output of one stream of the channel, read up to markers.
+struct Stream<R> {
+    inner: R,
+    buf: Vec<u8>,
+    eof: bool,
+}
+
+impl<R: AsyncRead + Unpin> Stream<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            buf: Vec::new(),
+            eof: false,
+        }
+    }
+
+    /// Everything before `marker` (which is consumed), or `None` at end of stream.
+    async fn until(&mut self, marker: &[u8]) -> Option<Vec<u8>> {
+        let mut searched = 0;
+        loop {
+            if let Some(i) = find(&self.buf[searched..], marker) {
+                let at = searched + i;
+                let rest = self.buf.split_off(at + marker.len());
+                let mut head = std::mem::replace(&mut self.buf, rest);
+                head.truncate(at);
+                return Some(head);
+            }
+            searched = self.buf.len().saturating_sub(marker.len());
+            if self.eof {
+                return None;
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match self.inner.read(&mut chunk).await {
+                Ok(0) | Err(_) => self.eof = true,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || hay.len() < needle.len() {
+        return None;
+    }
+    let first = needle[0];
+    let last = hay.len() - needle.len();
+    let mut i = 0;
+    while i <= last {
+        match hay[i..=last].iter().position(|b| *b == first) {
+            None => return None,
+            Some(p) => i += p,
+        }
+        if &hay[i..i + needle.len()] == needle {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// One running helper on one channel.
+pub struct Helper {
+    /// Kept so the channel lives as long as the helper.
+    _child: Child<Arc<Session>>,
+    stdin: ChildStdin,
+    out: Stream<ChildStdout>,
+    err: Stream<openssh::ChildStderr>,
+    nonce: String,
+    next_id: u64,
+    pub session: Arc<Session>,
+    /// `become` user this helper runs as (`None`: the login user).
+    pub user: Option<String>,
+    /// Who the helper runs as, as it said when it started.
+    pub whoami: String,
+}
+
+/// A helper that did not start: its exit status and what it printed.
+pub struct NotStarted {
+    pub output: ExecOutput,
+}
+
+impl Helper {
+    /// Send the source to a freshly spawned channel and wait for `ready`.
+    pub async fn start(
+        session: Arc<Session>,
+        mut child: Child<Arc<Session>>,
+        user: Option<String>,
+    ) -> Result<Self, NotStarted> {
+        let nonce = new_nonce();
+        let (Some(mut stdin), Some(stdout), Some(stderr)) =
+            (child.stdin().take(), child.stdout().take(), child.stderr().take())
+        else {
+            return Err(NotStarted {
+                output: ExecOutput {
+                    rc: -1,
+                    stderr: b"the helper's channel has no pipes".to_vec(),
+                    ..ExecOutput::default()
+                },
+            });
+        };
+        let source = SOURCE.replace("@NONCE@", &nonce);
+        let boot = format!("{}\n{source}", source.lines().count());
+        let mut out = Stream::new(stdout);
+        let mut err = Stream::new(stderr);
+        let sent = stdin.write_all(boot.as_bytes()).await.is_ok() && stdin.flush().await.is_ok();
+        let ready = format!("{nonce} ready ");
+        let whoami = if sent {
+            match out.until(ready.as_bytes()).await {
+                Some(_) => out.until(b"\n").await,
+                None => None,
+            }
+        } else {
+            None
+        };
+        let Some(whoami) = whoami else {
+            drop(stdin);
+            let mut stderr = Vec::new();
+            let _ = err.inner.read_to_end(&mut stderr).await;
+            let mut all = std::mem::take(&mut err.buf);
+            all.extend(stderr);
+            let rc = match child.wait().await {
+                Ok(s) => s.code().unwrap_or(-1),
+                Err(_) => -1,
+            };
+            return Err(NotStarted {
+                output: ExecOutput {
+                    rc: if rc == 0 { -1 } else { rc },
+                    stdout: Vec::new(),
+                    stderr: all,
+                },
+            });
+        };
+        Ok(Self {
+            _child: child,
+            stdin,
+            out,
+            err,
+            nonce,
+            next_id: 1,
+            session,
+            user,
+            whoami: String::from_utf8_lossy(&whoami).into_owned(),
+        })
+    }
+
+    /// Run `script` with `input` on its stdin; `timeout` in whole seconds (0: none).
+    pub async fn run(&mut self, script: &str, input: Option<&[u8]>, timeout: u64) -> Result<ExecOutput, Failure> {
+        if script.contains('\0') {
+            return Err(Failure::Invalid("the command contains a NUL byte".into()));
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut script = script.to_owned();
+        if !script.ends_with('\n') {
+            script.push('\n');
+        }
+        let lines = script.bytes().filter(|b| *b == b'\n').count();
+        let input = input.unwrap_or_default();
+        let header = format!("{id} {lines} {} {timeout}\n", input.len());
+        let (start, end_out, end_err) = (
+            format!("{}s{id}\n", self.nonce),
+            format!("{}e{id} ", self.nonce),
+            format!("{}e{id}\n", self.nonce),
+        );
+        // One write: separate small writes would meet Nagle's algorithm on
+        // ssh's TCP connection and the host's delayed ACK (tens of ms each).
+        let mut frame = Vec::with_capacity(header.len() + script.len() + input.len());
+        frame.extend_from_slice(header.as_bytes());
+        frame.extend_from_slice(script.as_bytes());
+        frame.extend_from_slice(input);
+        let stdin = &mut self.stdin;
+        let write = async { stdin.write_all(&frame).await.is_ok() && stdin.flush().await.is_ok() };
+        let out = &mut self.out;
+        let read_out = async {
+            out.until(start.as_bytes()).await?;
+            let body = out.until(end_out.as_bytes()).await;
+            let rc = match &body {
+                Some(_) => out.until(b"\n").await,
+                None => None,
+            };
+            Some((body, rc))
+        };
+        let err = &mut self.err;
+        let read_err = async {
+            err.until(start.as_bytes()).await?;
+            Some(err.until(end_err.as_bytes()).await)
+        };
+        let (_, o, e) = tokio::join!(write, read_out, read_err);
+        let started = o.is_some() || e.is_some();
+        match (o, e) {
+            (Some((Some(stdout), Some(rc))), Some(Some(stderr))) => {
+                let rc = String::from_utf8_lossy(&rc).trim().parse().unwrap_or(-1);
+                Ok(ExecOutput { rc, stdout, stderr })
+            }
+            _ => Err(Failure::Died { started }),
+        }
+    }
+}
+
+fn new_nonce() -> String {
+    let mut r = [0u8; 16];
+    if getrandom::fill(&mut r).is_err() {
+        // Not a secret, only a marker no output will contain by chance.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        r = t.to_le_bytes();
+    }
+    format!("FR{}", crate::transport::local::hex(&r))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_markers() {
+        assert_eq!(find(b"abcabd", b"abd"), Some(3));
+        assert_eq!(find(b"ab", b"abc"), None);
+        assert_eq!(find(b"xxa", b"a"), Some(2));
+        assert_eq!(find(b"\0\0M1\n", b"M1\n"), Some(2));
+    }
+
+    /// The helper's source, run by a local `sh` over pipes: framing of
+    /// binary stdin and output, exit codes, undrained stdin, timeouts.
+    #[test]
+    fn the_helper_frames_binary_requests() {
+        use std::io::{Read, Write};
+        use std::process::{Command, Stdio};
+        let source = SOURCE.replace("@NONCE@", "NONCE");
+        let mut child = Command::new("sh")
+            .args(["-c", BOOT, "sh", ""])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut w = child.stdin.take().unwrap();
+        let bin: Vec<u8> = (0..=255u8).cycle().take(200_000).collect();
+        let mut req = format!("{}\n{source}", source.lines().count()).into_bytes();
+        req.extend_from_slice(format!("1 2 {} 0\ncat\nexit 3\n", bin.len()).as_bytes());
+        req.extend_from_slice(&bin);
+        req.extend_from_slice(b"2 1 5 0\ntrue\n\0\0\n\0\0");
+        req.extend_from_slice(b"3 1 0 0\nprintf '[%s]' \"$__fr_n\" \"$#\"\n");
+        let feed = std::thread::spawn(move || {
+            w.write_all(&req).unwrap();
+        });
+        let mut out = Vec::new();
+        feed.join().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        // Three requests, then EOF ends the helper.
+        let _ = child.stdin.take();
+        stdout.read_to_end(&mut out).unwrap();
+        let mut expect = b"NONCE ready ".to_vec();
+        let who = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
+        expect.extend_from_slice(who.as_bytes());
+        expect.extend_from_slice(b"NONCEs1\n");
+        expect.extend_from_slice(&bin);
+        expect.extend_from_slice(b"NONCEe1 3\nNONCEs2\nNONCEe2 0\nNONCEs3\n[][0]NONCEe3 0\n");
+        assert!(
+            out == expect,
+            "{:?}",
+            String::from_utf8_lossy(&out[out.len().saturating_sub(80)..])
+        );
+        child.wait().unwrap();
+    }
+}
