@@ -94,6 +94,11 @@ impl Cluster {
         self.flowrun(&args, code)
     }
 
+    fn plan(&self, code: i32) -> Ran {
+        let wf = Self::workflow("deploy-github-runner-k8s");
+        self.flowrun(&["plan", &wf], code)
+    }
+
     fn deployment(&self, name: &str) -> Option<Value> {
         self.kube.get("apps/v1", "Deployment", NS, name)
     }
@@ -177,6 +182,12 @@ fn existing_footprint_from_another_manager_shows_no_drift_and_run_writes_nothing
     wait_available(&c, "gemini-gh-runner");
     let before = c.deployment("codex-gh-runner").unwrap();
     c.kube.clear_requests();
+    let r = c.plan(0);
+    assert!(
+        r.stdout.contains("runners on localhost: in sync, nothing to change"),
+        "{}",
+        r.stdout
+    );
     let r = c.run(&["--check", "--diff"], 0);
     assert_eq!(
         r.recap("localhost"),
@@ -200,6 +211,21 @@ fn image_change_previews_that_field_applies_waits_then_comes_from_the_journal() 
     let c = Cluster::new();
     c.run(&[], 0);
     c.inventory(|t| t.replace("codex-runner:1.0.0", "codex-runner:1.1.0"));
+    c.kube.clear_requests();
+    let r = c.plan(0);
+    assert!(
+        r.stdout
+            .contains("runners on localhost: would update Deployment/codex-gh-runner in `my-reforge-ai`"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("-        image: ghcr.io/OWNER/codex-runner:1.0.0")
+            && r.stdout.contains("+        image: ghcr.io/OWNER/codex-runner:1.1.0"),
+        "{}",
+        r.stdout
+    );
+    assert!(writes(&c).is_empty(), "plan writes nothing: {:?}", writes(&c));
     let r = c.run(&["--check", "--diff"], 0);
     assert_eq!(
         r.recap("localhost"),
@@ -251,6 +277,12 @@ fn image_change_previews_that_field_applies_waits_then_comes_from_the_journal() 
     let r = c.run(&["--output", "json"], 0);
     assert_eq!(step(&r)["status"], "ok");
     assert_eq!(step(&r)["from_journal"], true);
+    let r = c.plan(0);
+    assert!(
+        r.stdout.contains("journal: skip") && !r.stdout.contains("preview"),
+        "{}",
+        r.stdout
+    );
     assert!(
         c.kube.requests().is_empty(),
         "a journaled re-run sends no request: {:?}",
@@ -307,6 +339,14 @@ fn a_missing_secret_or_claim_fails_before_any_write() {
     c.kube.delete("v1", "Secret", NS, "github-mcp-credentials").unwrap();
     c.kube.delete("v1", "PersistentVolumeClaim", NS, "gemini-home").unwrap();
     c.kube.clear_requests();
+    let r = c.plan(1);
+    assert!(
+        r.stdout
+            .contains("runners on localhost: cannot preview: nothing was applied: "),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("Secret `github-mcp-credentials`"), "{}", r.stdout);
     let r = c.run(&[], 1);
     assert!(
         r.stdout

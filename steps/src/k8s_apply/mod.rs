@@ -143,6 +143,11 @@ impl StepKind for K8sApplyKind {
         &INFO
     }
 
+    /// The check is a dry-run apply and reads: `plan` may show its diff.
+    fn previews_in_plan(&self) -> bool {
+        true
+    }
+
     fn build(&self, params: &Map<String, Value>, cx: &BuildContext<'_>) -> Result<Box<dyn Step>, StepError> {
         let p = Params(params);
         let objects = match (p.get("manifest"), p.opt_str("src")?) {
