@@ -164,6 +164,11 @@ impl Cmd {
         self
     }
 
+    pub fn env_remove(mut self, k: &str) -> Self {
+        self.cmd.env_remove(k);
+        self
+    }
+
     pub fn output(mut self) -> Output {
         self.cmd.output().expect("run flowrun")
     }

@@ -458,3 +458,59 @@ fn journal_copy_from_sqlite_to_postgres_then_the_next_run_changes_nothing() {
         .expect(2)
         .stderr_has("copy only into an empty journal");
 }
+
+#[test]
+fn the_password_comes_from_a_file_or_pgpass_and_a_url_password_from_the_environment_is_masked() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::on(Journal::Postgres);
+    sb.write("wf.yml", ONE_STEP);
+    std::fs::write(sb.path("pw"), format!("{}\n", flowrun_lab::postgres::PASSWORD)).unwrap();
+    sb.cmd(&["run", "wf.yml"])
+        .env_remove("PGPASSWORD")
+        .env("FLOWRUN_JOURNAL_PASSWORD_FILE", sb.path("pw").to_str().unwrap())
+        .expect(0);
+    // libpq's password file, in the home directory, mode 0600.
+    let home = sb.path("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let pgpass = home.join(".pgpass");
+    std::fs::write(
+        &pgpass,
+        format!("127.0.0.1:*:flowrun:flowrun:{}\n", flowrun_lab::postgres::PASSWORD),
+    )
+    .unwrap();
+    std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    sb.cmd(&["run", "wf.yml"])
+        .env_remove("PGPASSWORD")
+        .env("HOME", home.to_str().unwrap())
+        .expect(0)
+        .stdout_has("ok: [localhost] a (journal)");
+    // A URL with a (wrong) password in FLOWRUN_JOURNAL: accepted, and never printed.
+    let url = sb.journal().replace("flowrun@", "flowrun:wrong-pw-7c41e9@");
+    let r = sb.cmd(&["run", "wf.yml", "-vv"]).env("FLOWRUN_JOURNAL", &url).expect(2);
+    r.stderr_has("password authentication failed");
+    assert!(
+        !r.stderr.contains("wrong-pw-7c41e9") && !r.stdout.contains("wrong-pw-7c41e9"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(sb.lines("side"), ["a"]);
+}
+
+#[test]
+fn a_server_on_a_unix_socket_and_journal_migrate_on_postgres() {
+    let sb = Sandbox::on(Journal::Postgres);
+    sb.write("wf.yml", ONE_STEP);
+    let schema = sb.pg_schema().unwrap();
+    let dir = pg().ca_file().parent().unwrap().display().to_string();
+    let socket = format!(
+        "postgres://flowrun@/flowrun?host={dir}&port={}&schema={schema}",
+        pg().port()
+    );
+    sb.run(&["journal", "migrate", "--journal", &socket], 0)
+        .stdout_has("schema version 0 -> 2");
+    sb.run(&["journal", "migrate", "--journal", &socket], 0)
+        .stdout_has("schema version 2, up to date");
+    sb.run(&["run", "wf.yml", "--journal", &socket], 0);
+    // The same journal over TCP.
+    sb.run(&["run", "wf.yml"], 0).stdout_has("ok: [localhost] a (journal)");
+}
