@@ -2,7 +2,7 @@
 //! `for_each` and a handler; journaled re-runs that execute nothing; re-runs of
 //! exactly what changed; failure and resume; `--check`; locks; signals; reports.
 
-use crate::harness::{unindent, Sandbox};
+use crate::harness::{on_both_journals, unindent, Journal, Sandbox};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -68,16 +68,29 @@ const SITE: &str = r#"
 
 const APP_CONF: &str = "app = {{app}}\nversion = {{steps.version.outputs.stdout}}\n";
 
-fn site() -> Sandbox {
-    let sb = Sandbox::new();
+// The tests that involve the journal, on SQLite and on PostgreSQL.
+on_both_journals!(
+    site_runs_then_rerun_changes_nothing_and_executes_nothing,
+    changed_parameter_reruns_only_that_step_and_dependents,
+    failure_exits_1_and_the_next_run_resumes,
+    check_mode_writes_nothing,
+    verify_reruns_checks_and_repairs_drift_only,
+    plan_graph_list_and_validate,
+    history_show_and_forget,
+    concurrent_run_of_the_same_workflow_exits_3,
+    sigterm_exits_143_journal_consistent_and_next_run_resumes,
+    a_canary_secret_never_leaks,
+);
+
+fn site(journal: Journal) -> Sandbox {
+    let sb = Sandbox::on(journal);
     sb.write("site.yml", SITE);
     sb.write("templates/app.conf.hbs", APP_CONF);
     sb
 }
 
-#[test]
-fn site_runs_then_rerun_changes_nothing_and_executes_nothing() {
-    let sb = site();
+fn site_runs_then_rerun_changes_nothing_and_executes_nothing(journal: Journal) {
+    let sb = site(journal);
     let r = sb.run(&["run", "site.yml"], 0);
     assert_eq!(
         r.recap("localhost"),
@@ -110,9 +123,8 @@ fn site_runs_then_rerun_changes_nothing_and_executes_nothing() {
     r2.stdout_has("ok: [localhost] users (item=bob) (journal)");
 }
 
-#[test]
-fn changed_parameter_reruns_only_that_step_and_dependents() {
-    let sb = site();
+fn changed_parameter_reruns_only_that_step_and_dependents(journal: Journal) {
+    let sb = site(journal);
     sb.run(&["run", "site.yml"], 0);
     let before = sb.lines("side-effects");
     let r = sb.run(&["run", "site.yml", "-e", "banner_text=hello"], 0);
@@ -129,9 +141,8 @@ fn changed_parameter_reruns_only_that_step_and_dependents() {
     assert_eq!(&after[before.len()..], ["reload"]);
 }
 
-#[test]
-fn failure_exits_1_and_the_next_run_resumes() {
-    let sb = Sandbox::new();
+fn failure_exits_1_and_the_next_run_resumes(journal: Journal) {
+    let sb = Sandbox::on(journal);
     sb.write(
         "wf.yml",
         r#"
@@ -165,9 +176,8 @@ fn failure_exits_1_and_the_next_run_resumes() {
     assert_eq!(side, ["one", "other", "three", "two"], "one and other ran once");
 }
 
-#[test]
-fn check_mode_writes_nothing() {
-    let sb = site();
+fn check_mode_writes_nothing(journal: Journal) {
+    let sb = site(journal);
     let r = sb.run(&["run", "site.yml", "--check", "--diff"], 0);
     r.stdout_has("check mode: nothing was changed");
     assert!(!sb.exists("out"), "--check created files");
@@ -177,9 +187,8 @@ fn check_mode_writes_nothing() {
     assert!(r.recap("localhost").contains("changed=13"));
 }
 
-#[test]
-fn verify_reruns_checks_and_repairs_drift_only() {
-    let sb = site();
+fn verify_reruns_checks_and_repairs_drift_only(journal: Journal) {
+    let sb = site(journal);
     sb.run(&["run", "site.yml"], 0);
     std::fs::write(sb.path("out/conf/banner"), "tampered\n").unwrap();
     let r = sb.run(&["run", "site.yml"], 0);
@@ -194,9 +203,8 @@ fn verify_reruns_checks_and_repairs_drift_only() {
     assert!(!r.stdout.contains("changed: [localhost] config"), "{}", r.stdout);
 }
 
-#[test]
-fn plan_graph_list_and_validate() {
-    let sb = site();
+fn plan_graph_list_and_validate(journal: Journal) {
+    let sb = site(journal);
     sb.run(&["validate", "site.yml"], 0)
         .stdout_has("ok: site (11 steps, 11 nodes");
     let r = sb.run(&["plan", "site.yml"], 0);
@@ -232,7 +240,7 @@ fn plan_graph_list_and_validate() {
 
 #[test]
 fn json_junit_and_metrics() {
-    let sb = site();
+    let sb = site(Journal::Sqlite);
     let r = sb.run(
         &[
             "run",
@@ -300,9 +308,8 @@ fn json_junit_and_metrics() {
         .contains("flowrun_last_run_success{workflow=\"site\"} 0"));
 }
 
-#[test]
-fn history_show_and_forget() {
-    let sb = site();
+fn history_show_and_forget(journal: Journal) {
+    let sb = site(journal);
     sb.run(&["run", "site.yml"], 0);
     sb.run(&["run", "site.yml"], 0);
     let h = sb.run(&["history"], 0);
@@ -347,9 +354,8 @@ const SLOW: &str = r#"
         with: { shell: "echo last >> side" }
 "#;
 
-#[test]
-fn concurrent_run_of_the_same_workflow_exits_3() {
-    let sb = Sandbox::new();
+fn concurrent_run_of_the_same_workflow_exits_3(journal: Journal) {
+    let sb = Sandbox::on(journal);
     sb.write("wf.yml", SLOW);
     let mut first = sb
         .cmd(&["run", "wf.yml", "-e", "secs=3"])
@@ -366,9 +372,8 @@ fn concurrent_run_of_the_same_workflow_exits_3() {
     sb.run(&["run", "wf.yml", "-e", "secs=3"], 0);
 }
 
-#[test]
-fn sigterm_exits_143_journal_consistent_and_next_run_resumes() {
-    let sb = Sandbox::new();
+fn sigterm_exits_143_journal_consistent_and_next_run_resumes(journal: Journal) {
+    let sb = Sandbox::on(journal);
     sb.write("wf.yml", SLOW);
     let mut child = sb.cmd(&["run", "wf.yml"]).cmd.stdout(Stdio::piped()).spawn().unwrap();
     wait_for_file(&sb, "slow-started");
@@ -404,10 +409,9 @@ fn unindent_helper() {
     assert_eq!(unindent("\n  a\n    b\n"), "a\n  b\n");
 }
 
-#[test]
-fn a_canary_secret_never_leaks() {
+fn a_canary_secret_never_leaks(journal: Journal) {
     const CANARY: &str = "canary-8f3a1c9e77d2";
-    let sb = Sandbox::new();
+    let sb = Sandbox::on(journal);
     sb.write(
         "wf.yml",
         r#"
@@ -459,12 +463,37 @@ fn a_canary_secret_never_leaks() {
     assert!(!seen.contains(CANARY), "the secret leaked:\n{seen}");
     // The file the workflow wrote has it, as it should.
     assert!(sb.read("secret.txt").contains(CANARY));
-    for f in ["journal.db", "journal.db-wal", "journal.db-shm", "journal.db.key"] {
+    for f in [
+        "journal.db",
+        "journal.db-wal",
+        "journal.db-shm",
+        "journal.db.key",
+        "journal.key",
+    ] {
         let bytes = std::fs::read(sb.path(f)).unwrap_or_default();
         assert!(
             !bytes.windows(CANARY.len()).any(|w| w == CANARY.as_bytes()),
             "{f} contains the secret"
         );
+    }
+    if let Some(schema) = sb.pg_schema() {
+        let pg = flowrun_lab::postgres::PgServer::shared();
+        let mut rows = 0;
+        for table in ["runs", "run_steps", "records", "pending_handlers", "locks", "meta"] {
+            let dump = pg
+                .sql(&format!("SELECT row_to_json(t)::text FROM {schema}.{table} t"))
+                .unwrap();
+            rows += dump.lines().count();
+            assert!(!dump.contains(CANARY), "{table} contains the secret:\n{dump}");
+        }
+        let enc = pg
+            .sql(&format!(
+                "SELECT encode(outputs_enc, 'escape') FROM {schema}.records WHERE outputs_enc IS NOT NULL"
+            ))
+            .unwrap();
+        assert!(!enc.is_empty(), "the secret output is journaled, encrypted");
+        assert!(!enc.contains(CANARY), "an encrypted record holds the secret in clear");
+        assert!(rows > 10, "the journal was written");
     }
 }
 

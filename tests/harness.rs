@@ -1,12 +1,39 @@
 //! A just-style test builder: a sandbox directory with files (unindented),
 //! the binary run in it with its own journal and state directory, and
 //! assertions on exit status and output that print everything on failure.
+//! A sandbox's journal is a SQLite file, or a schema of its own on the
+//! shared test PostgreSQL server ([`Sandbox::on`]); `on_both_journals!`
+//! runs a test once per backend.
 
+use flowrun_lab::postgres::PgServer;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+/// Which journal backend a sandbox's runs use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Journal {
+    Sqlite,
+    Postgres,
+}
+
+/// Each named test `fn NAME(journal: Journal)`, once per backend:
+/// `MODULE::sqlite::NAME` and `MODULE::postgres::NAME`.
+macro_rules! on_both_journals {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[test] fn $name() { super::$name($crate::harness::Journal::Sqlite) } )*
+        }
+        mod postgres {
+            $( #[test] fn $name() { super::$name($crate::harness::Journal::Postgres) } )*
+        }
+    };
+}
+pub(crate) use on_both_journals;
+
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
+    /// The PostgreSQL journal's URL and schema, when not SQLite.
+    pg: Option<(String, String)>,
 }
 
 /// Remove the common leading indentation (so tests can indent file contents).
@@ -33,9 +60,48 @@ pub fn unindent(text: &str) -> String {
 
 impl Sandbox {
     pub fn new() -> Self {
+        Self::on(Journal::Sqlite)
+    }
+
+    pub fn on(journal: Journal) -> Self {
+        let pg = (journal == Journal::Postgres).then(|| {
+            let schema = PgServer::fresh_schema();
+            (PgServer::shared().url(&schema), schema)
+        });
         Self {
             dir: tempfile::tempdir().expect("temp dir"),
+            pg,
         }
+    }
+
+    /// A sandbox whose journal is a fresh schema on `server`.
+    pub fn on_server(server: &PgServer) -> Self {
+        let schema = PgServer::fresh_schema();
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+            pg: Some((server.url(&schema), schema)),
+        }
+    }
+
+    /// A second controller: its own directory, the same journal as `other`.
+    pub fn sharing(other: &Self) -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+            pg: other.pg.clone(),
+        }
+    }
+
+    /// The journal as `--journal` and `FLOWRUN_JOURNAL` take it.
+    pub fn journal(&self) -> String {
+        match &self.pg {
+            Some((url, _)) => url.clone(),
+            None => self.path("journal.db").display().to_string(),
+        }
+    }
+
+    /// The PostgreSQL schema of this sandbox's journal.
+    pub fn pg_schema(&self) -> Option<&str> {
+        self.pg.as_ref().map(|(_, s)| s.as_str())
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -68,11 +134,17 @@ impl Sandbox {
         let mut c = Command::new(env!("CARGO_BIN_EXE_flowrun"));
         c.args(args)
             .current_dir(self.dir.path())
-            .env("FLOWRUN_JOURNAL", self.path("journal.db"))
+            .env("FLOWRUN_JOURNAL", self.journal())
             .env("XDG_STATE_HOME", self.path("state"))
+            .env_remove("FLOWRUN_JOURNAL_KEY_FILE")
+            .env_remove("PGPASSWORD")
             .env_remove("FLOWRUN_INVENTORY")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null());
+        if self.pg.is_some() {
+            c.env("PGPASSWORD", flowrun_lab::postgres::PASSWORD)
+                .env("FLOWRUN_JOURNAL_KEY_FILE", self.path("journal.key"));
+        }
         Cmd { cmd: c }
     }
 
@@ -89,6 +161,11 @@ pub struct Cmd {
 impl Cmd {
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.cmd.env(k, v);
+        self
+    }
+
+    pub fn env_remove(mut self, k: &str) -> Self {
+        self.cmd.env_remove(k);
         self
     }
 

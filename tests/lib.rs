@@ -11,6 +11,7 @@ mod github_standin;
 mod harness;
 mod jinja;
 mod journal;
+mod k8s;
 mod lifecycle;
 mod progress;
 mod schema;

@@ -235,7 +235,7 @@ fn diffs_are_coloured_on_a_terminal_unless_no_color() {
         );
         let env = if no_color { "export NO_COLOR=1\n" } else { "" };
         let cmd = format!(
-            "{env}cd {dir} && FLOWRUN_JOURNAL={dir}/journal.db {bin} run wf.yml --diff; {bin} run wf.yml --diff; echo EXIT=$?; sleep 600\n",
+            "{env}cd {dir} && export FLOWRUN_JOURNAL={dir}/journal.db XDG_STATE_HOME={dir}/state && {bin} run wf.yml --diff; {bin} run wf.yml --diff; echo EXIT=$?; sleep 600\n",
             dir = sb.dir.path().display(),
             bin = env!("CARGO_BIN_EXE_flowrun"),
         );
@@ -256,8 +256,8 @@ fn diffs_are_coloured_on_a_terminal_unless_no_color() {
             2,
             "one hunk, a few lines of context:\n{plain}"
         );
-        // In state on the re-run (from the journal, or checked): nothing to show.
-        assert!(plain.contains("ok: [localhost] conf"), "{plain}");
+        // The re-run comes from this sandbox's journal: nothing to show.
+        assert!(plain.contains("ok: [localhost] conf (journal)"), "{plain}");
         assert_eq!(plain.matches("+D").count(), 1, "the re-run shows no diff:\n{plain}");
         let red = coloured.contains("\x1b[31m-d");
         let green = coloured.contains("\x1b[32m+D");

@@ -134,10 +134,10 @@ pub fn plan(
             active_hosts.push(h.clone());
         }
     }
-    let inventory_id = inventory.path.as_ref().map_or_else(
-        || "-".to_owned(),
-        |p| p.canonicalize().unwrap_or_else(|_| p.clone()).display().to_string(),
-    );
+    let inventory_id = inventory
+        .path
+        .as_deref()
+        .map_or_else(|| "-".to_owned(), inventory_identity);
     Ok(Plan {
         workflow,
         hosts,
@@ -204,4 +204,17 @@ impl Plan {
 
 fn mermaid_id(id: &str) -> String {
     id.replace('-', "_")
+}
+
+/// The inventory as the lock and the journal know it: the path as the user
+/// gave it, relative to the working directory when it lies inside it. So
+/// controllers that share a journal (each in its own checkout, at different
+/// absolute paths) lock the same `-i inventory/site` as one.
+fn inventory_identity(p: &std::path::Path) -> String {
+    let abs = p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    let cwd = std::env::current_dir().ok().and_then(|d| d.canonicalize().ok());
+    match cwd.as_deref().and_then(|d| abs.strip_prefix(d).ok()) {
+        Some(rel) if !rel.as_os_str().is_empty() => rel.display().to_string(),
+        _ => abs.display().to_string(),
+    }
 }

@@ -173,6 +173,14 @@ pub trait StepKind: Send + Sync {
     /// were checked against [`KindInfo::params`]). Wrong values are a
     /// [`StepError`] that names the parameter.
     fn build(&self, params: &Map<String, Value>, cx: &BuildContext<'_>) -> Result<Box<dyn Step>, StepError>;
+
+    /// Whether `flowrun plan` may run this kind's `check` to show what a run
+    /// would change: only for kinds whose check is read-only, needs no
+    /// connection to the host and no output of an earlier step, and asks an
+    /// API that can answer a preview itself (`k8s_apply`'s dry-run diff).
+    fn previews_in_plan(&self) -> bool {
+        false
+    }
 }
 
 /// What a step kind may use while building an instance.

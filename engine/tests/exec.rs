@@ -1,10 +1,12 @@
 //! The executor against a test step kind whose every apply appends a line to
 //! a log file, so tests can prove what ran and what the journal skipped.
+//! The tests that involve the journal run on both backends (`sqlite::…` and
+//! `postgres::…`, the latter against a real PostgreSQL server).
 
 use async_trait::async_trait;
 use flowrun_engine::exec::{self, NoEvents, RunEnv, RunError, RunOptions};
 use flowrun_engine::inventory::Inventory;
-use flowrun_engine::journal::Journal;
+use flowrun_engine::journal::{Journal, Location};
 use flowrun_engine::loader::{self, LoadContext};
 use flowrun_engine::plan;
 use flowrun_engine::pool::Pool;
@@ -12,6 +14,7 @@ use flowrun_engine::registry::Registry;
 use flowrun_engine::report::{Outcome, RunReport, Status};
 use flowrun_engine::secrets::{Masker, SecretKey};
 use flowrun_engine::step::*;
+use flowrun_lab::postgres::PgServer;
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -79,15 +82,59 @@ impl Step for LogStep {
     }
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Each journal test, once per backend.
+macro_rules! on_both_journals {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[test] fn $name() { super::$name(super::Backend::Sqlite) } )*
+        }
+        mod postgres {
+            $( #[test] fn $name() { super::$name(super::Backend::Postgres) } )*
+        }
+    };
+}
+
+on_both_journals!(
+    runs_dag_then_rerun_skips_everything_and_restores_outputs,
+    changed_parameter_reruns_that_step_and_its_dependents_only,
+    failure_stops_dependents_and_the_next_run_resumes,
+    check_mode_writes_nothing_and_reports_would_change,
+    force_ignores_the_journal_and_verify_rechecks,
+    a_second_run_is_refused_while_the_first_holds_the_lock,
+    a_second_run_waits_for_the_lock_then_runs,
+);
+
 struct Env {
     dir: tempfile::TempDir,
+    journal: Location,
 }
 
 impl Env {
     fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-        }
+        Self::on(Backend::Sqlite)
+    }
+    /// A test directory, and a journal of its own on `backend` (for
+    /// PostgreSQL, a fresh schema on the shared test server; the password is
+    /// in the URL, which only the CLI refuses).
+    fn on(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = match backend {
+            Backend::Sqlite => Location::Sqlite(dir.path().join("journal.db")),
+            Backend::Postgres => {
+                let pg = PgServer::shared();
+                let url = pg
+                    .fresh_url()
+                    .replace("flowrun@", &format!("flowrun:{}@", flowrun_lab::postgres::PASSWORD));
+                Location::parse(&url).unwrap()
+            }
+        };
+        Self { dir, journal }
     }
     fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
@@ -126,7 +173,9 @@ impl Env {
             .unwrap_or_else(|e| panic!("{e}")),
         );
         let p = Arc::new(plan::plan(w, &inv, &extra, None).unwrap());
-        let journal = Arc::new(Journal::open(&self.path("journal.db")).unwrap());
+        let journal = Arc::new(Journal::connect(&self.journal).unwrap());
+        let key = SecretKey::load_or_create(&self.path("journal.key")).unwrap();
+        journal.check_key(&key, &self.path("journal.key")).unwrap();
         let rt = tokio::runtime::Runtime::new().unwrap();
         let (_tx, rx) = tokio::sync::watch::channel(None);
         rt.block_on(exec::run(
@@ -134,7 +183,7 @@ impl Env {
             opts,
             RunEnv {
                 journal: Some(journal),
-                key: SecretKey::load_or_create(&self.path("journal.key")).unwrap(),
+                key,
                 masker: Masker::global(),
                 secrets: Map::new(),
                 pool: Arc::new(Pool::new(None)),
@@ -183,9 +232,8 @@ handlers:
     with: { file: LOG, text: handler }
 "#;
 
-#[test]
-fn runs_dag_then_rerun_skips_everything_and_restores_outputs() {
-    let env = Env::new();
+fn runs_dag_then_rerun_skips_everything_and_restores_outputs(backend: Backend) {
+    let env = Env::on(backend);
     let wf = env.write("wf.yml", DIAMOND);
     let r = env.run(&wf);
     assert_eq!(r.outcome, Outcome::Success, "{:?}", r.results);
@@ -210,9 +258,8 @@ fn runs_dag_then_rerun_skips_everything_and_restores_outputs() {
     assert_eq!(count(&r2, Status::Ok), 5);
 }
 
-#[test]
-fn changed_parameter_reruns_that_step_and_its_dependents_only() {
-    let env = Env::new();
+fn changed_parameter_reruns_that_step_and_its_dependents_only(backend: Backend) {
+    let env = Env::on(backend);
     let wf = env.write("wf.yml", DIAMOND);
     env.run(&wf);
     let before = env.log().len();
@@ -226,9 +273,8 @@ fn changed_parameter_reruns_that_step_and_its_dependents_only() {
     assert_eq!(count(&r, Status::Changed), 6);
 }
 
-#[test]
-fn failure_stops_dependents_and_the_next_run_resumes() {
-    let env = Env::new();
+fn failure_stops_dependents_and_the_next_run_resumes(backend: Backend) {
+    let env = Env::on(backend);
     let text = r#"
 steps:
   - id: one
@@ -265,9 +311,8 @@ steps:
     assert_eq!(&log[2..], ["two", "three"]);
 }
 
-#[test]
-fn check_mode_writes_nothing_and_reports_would_change() {
-    let env = Env::new();
+fn check_mode_writes_nothing_and_reports_would_change(backend: Backend) {
+    let env = Env::on(backend);
     let wf = env.write("wf.yml", DIAMOND);
     let r = env.run_with(
         &wf,
@@ -287,9 +332,8 @@ fn check_mode_writes_nothing_and_reports_would_change() {
     assert_eq!(count(&r2, Status::Changed), 6);
 }
 
-#[test]
-fn force_ignores_the_journal_and_verify_rechecks() {
-    let env = Env::new();
+fn force_ignores_the_journal_and_verify_rechecks(backend: Backend) {
+    let env = Env::on(backend);
     let wf = env.write("wf.yml", DIAMOND);
     env.run(&wf);
     env.run_with(
@@ -314,9 +358,8 @@ fn force_ignores_the_journal_and_verify_rechecks() {
     assert!(r.results.iter().all(|x| !x.from_journal));
 }
 
-#[test]
-fn a_second_run_is_refused_while_the_first_holds_the_lock() {
-    let env = Env::new();
+fn a_second_run_is_refused_while_the_first_holds_the_lock(backend: Backend) {
+    let env = Env::on(backend);
     let wf = env.write(
         "wf.yml",
         "steps:\n  - id: slow\n    uses: log\n    with: { file: LOG, text: slow, sleep_ms: 1500 }\n",
@@ -330,6 +373,36 @@ fn a_second_run_is_refused_while_the_first_holds_the_lock() {
     let second = env.run_with(&wf, RunOptions::default());
     assert!(matches!(second, Err(RunError::Locked(_))), "second run must be refused");
     assert_eq!(t.join().unwrap().outcome, Outcome::Success);
+}
+
+fn a_second_run_waits_for_the_lock_then_runs(backend: Backend) {
+    let env = Arc::new(Env::on(backend));
+    let wf = env.write(
+        "wf.yml",
+        "steps:\n  - id: slow\n    uses: log\n    with: { file: LOG, text: \"slow {{n}}\", sleep_ms: 800 }\n",
+    );
+    let with_n = |n: u32, wait: Option<std::time::Duration>| {
+        let mut opts = RunOptions {
+            wait_lock: wait,
+            ..RunOptions::default()
+        };
+        opts.extra_vars.insert("n".into(), json!(n));
+        opts
+    };
+    let (e1, wf1) = (env.clone(), wf.clone());
+    let t = std::thread::spawn(move || e1.run_with(&wf1, with_n(1, None)).unwrap());
+    // The first run takes the lock, then writes its line 800 ms later.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let r = env
+        .run_with(&wf, with_n(2, Some(std::time::Duration::from_secs(60))))
+        .unwrap();
+    assert_eq!(r.outcome, Outcome::Success);
+    assert_eq!(t.join().unwrap().outcome, Outcome::Success);
+    assert_eq!(
+        env.log(),
+        ["slow 1", "slow 2"],
+        "the second ran after the first, not beside it"
+    );
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! `flowrun plan`: the DAG as parallel phases and, when a journal and the
 //! secrets are at hand, what a run would take from the journal (predicted by
-//! the same instance pipeline a run uses).
+//! the same instance pipeline a run uses); for the instances that would run
+//! and whose kind previews safely (`k8s_apply`), their check's diff. A
+//! preview that fails makes the exit status 1: the run would fail too.
 
 use crate::cli::Common;
 use crate::error::Error;
@@ -8,7 +10,8 @@ use crate::exit::ExitStatus;
 use crate::load::{registry, Loaded};
 use flowrun_engine::exec::{self, RunOptions};
 use flowrun_engine::journal::Location;
-use flowrun_engine::secrets::Masker;
+use flowrun_engine::secrets::{Masker, SecretKey};
+use std::collections::HashMap;
 
 pub fn plan(arg: &str, common: &Common) -> Result<ExitStatus, Error> {
     let registry = registry();
@@ -23,19 +26,41 @@ pub fn plan(arg: &str, common: &Common) -> Result<ExitStatus, Error> {
         Location::Sqlite(path) => path.exists(),
         Location::Postgres(_) => true,
     };
-    let prediction = match (&secret_values, exists) {
+    let opts = RunOptions {
+        extra_vars: loaded.extra.clone(),
+        ..RunOptions::default()
+    };
+    let (prediction, candidates) = match (&secret_values, exists) {
         (Some(sv), true) => {
             let (journal, key) = crate::journal::open_at(&location, common.journal.journal_key.as_deref())?;
             let records = journal.load(&loaded.workflow.name)?;
-            let opts = RunOptions {
-                extra_vars: loaded.extra.clone(),
-                ..RunOptions::default()
-            };
-            Some(exec::predict_skips(&plan, &records, &opts, sv, &key, &masker))
+            let (nodes, candidates) = exec::predict_with_previews(&plan, &records, &opts, sv, &key, &masker);
+            (
+                Some(nodes.into_iter().map(|n| n.summary).collect::<Vec<_>>()),
+                candidates,
+            )
         }
-        _ => None,
+        // No journal yet: everything would run; previews still show what.
+        (Some(sv), false) => {
+            let key = SecretKey::ephemeral().map_err(|e| Error::io("a key for the previews", e))?;
+            let (_, candidates) = exec::predict_with_previews(&plan, &HashMap::new(), &opts, sv, &key, &masker);
+            (None, candidates)
+        }
+        _ => (None, Vec::new()),
     };
-    let text = crate::output::plan::text(&plan, prediction.as_deref());
+    let mut text = crate::output::plan::text(&plan, prediction.as_deref());
+    let mut status = ExitStatus::Success;
+    if !candidates.is_empty() {
+        let previews =
+            crate::load::runtime()?.block_on(exec::run_previews(candidates, plan.hosts.clone(), masker.clone()));
+        if previews
+            .iter()
+            .any(|p| matches!(p.outcome, exec::PreviewOutcome::Failed(_)))
+        {
+            status = ExitStatus::Failed;
+        }
+        text.push_str(&crate::output::plan::previews(&previews));
+    }
     print!("{}", masker.mask(&text));
-    Ok(ExitStatus::Success)
+    Ok(status)
 }

@@ -1,7 +1,7 @@
 //! `flowrun plan`: phases, each step with its hosts and, when known, what
 //! the journal would do with each of them.
 
-use flowrun_engine::exec::Prediction;
+use flowrun_engine::exec::{Prediction, Preview, PreviewOutcome};
 use flowrun_engine::plan::Plan;
 use std::fmt::Write as _;
 
@@ -64,4 +64,28 @@ fn host_text(host: &str, prediction: Option<Prediction>) -> String {
         Some(Prediction::Unknown) => format!("{host} (decided at run time)"),
         None => host.to_owned(),
     }
+}
+
+/// The previews: what each instance that would run would change, with its diff.
+pub fn previews(previews: &[Preview]) -> String {
+    let mut out = String::from("preview (the checks of the steps that would run and can preview):\n");
+    for p in previews {
+        let item = p.item.as_deref().map(|i| format!(" [{i}]")).unwrap_or_default();
+        let head = format!("  {}{item} on {}", p.step, p.host);
+        match &p.outcome {
+            PreviewOutcome::InSync => {
+                let _ = writeln!(out, "{head}: in sync, nothing to change");
+            }
+            PreviewOutcome::Change { summary, diff } => {
+                let _ = writeln!(out, "{head}: would {summary}");
+                for line in diff.as_deref().unwrap_or("").lines() {
+                    let _ = writeln!(out, "    {line}");
+                }
+            }
+            PreviewOutcome::Failed(e) => {
+                let _ = writeln!(out, "{head}: cannot preview: {e}");
+            }
+        }
+    }
+    out
 }

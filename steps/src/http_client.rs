@@ -1,12 +1,14 @@
 //! HTTP clients for steps that talk to servers (`http`, `wait_for`, and the
 //! API steps): one place that decides TLS — rustls with the `ring` provider,
 //! the system's root certificates, an optional extra CA file (a self-signed
-//! Proxmox), and certificate checks turned off only when a workflow says
-//! `insecure`, loudly — plus helpers to read bodies within a limit and to
-//! describe errors with their cause.
+//! Proxmox) or CA certificates given as PEM that replace the system's (a
+//! Kubernetes cluster's own CA), a client certificate for servers that
+//! authenticate clients by it, and certificate checks turned off only when a
+//! workflow says `insecure`, loudly — plus helpers to read bodies within a
+//! limit and to describe errors with their cause.
 
 use flowrun_engine::step::StepError;
-use reqwest::{Certificate, Client, ClientBuilder, Response};
+use reqwest::{Certificate, Client, ClientBuilder, Identity, Response};
 use std::error::Error as _;
 use std::path::Path;
 use std::sync::Once;
@@ -24,6 +26,11 @@ pub struct ClientOptions<'a> {
     pub insecure: bool,
     /// A limit for each whole request (connect, send, receive). Requests may set their own.
     pub timeout: Option<Duration>,
+    /// CA certificates (PEM) that are the only roots trusted: a cluster CA.
+    /// `ca_name` says where they came from, for errors.
+    pub ca_pem: Option<(&'a [u8], &'a str)>,
+    /// A client certificate and its key (PEM, concatenated), presented in the handshake.
+    pub identity_pem: Option<&'a [u8]>,
 }
 
 /// reqwest is built without a default crypto provider: install `ring` for the process, once.
@@ -42,6 +49,7 @@ pub fn client(ca_file: Option<&Path>, insecure: bool, timeout: Option<Duration>)
             ca_file,
             insecure,
             timeout,
+            ..ClientOptions::default()
         },
         |b| b,
     )
@@ -54,9 +62,29 @@ pub fn client_with(
     customize: impl Fn(ClientBuilder) -> ClientBuilder,
 ) -> Result<Client, StepError> {
     ensure_crypto_provider();
-    let certs = match opts.ca_file {
+    let mut certs = match opts.ca_file {
         Some(path) => read_ca_file(path)?,
         None => Vec::new(),
+    };
+    if let Some((pem, name)) = opts.ca_pem {
+        let given = Certificate::from_pem_bundle(pem)
+            .map_err(|e| StepError::failed(format!("{name} is not a PEM certificate: {}", describe(&e))))?;
+        if given.is_empty() {
+            return Err(StepError::failed(format!(
+                "{name} holds no PEM certificate (expected `-----BEGIN CERTIFICATE-----`)"
+            )));
+        }
+        certs.extend(given);
+    }
+    let identity = match opts.identity_pem {
+        // The key is a secret: the error never shows the PEM, only that it did not parse.
+        Some(pem) => Some(Identity::from_pem(pem).map_err(|e| {
+            StepError::failed(format!(
+                "the client certificate and key do not form a PEM identity: {}",
+                describe(&e)
+            ))
+        })?),
+        None => None,
     };
     if opts.insecure {
         tracing::warn!(
@@ -69,11 +97,14 @@ pub fn client_with(
         if let Some(t) = opts.timeout {
             b = b.timeout(t).connect_timeout(t.min(Duration::from_secs(30)));
         }
-        b = if only_given_roots {
+        b = if only_given_roots || opts.ca_pem.is_some() {
             b.tls_certs_only(certs.iter().cloned())
         } else {
             b.tls_certs_merge(certs.iter().cloned())
         };
+        if let Some(id) = &identity {
+            b = b.identity(id.clone());
+        }
         customize(b.tls_danger_accept_invalid_certs(opts.insecure))
     };
     match builder(false).build() {

@@ -29,6 +29,7 @@ pub mod copy;
 pub mod file;
 pub mod firewall;
 pub mod http;
+pub mod k8s_apply;
 pub mod line;
 pub mod probe;
 pub mod service;
@@ -59,6 +60,7 @@ pub fn registry() -> Vec<Box<dyn StepKind>> {
         Box::new(firewall::FirewallKind),
         Box::new(user::UserKind),
         Box::new(user::GroupKind),
+        Box::new(k8s_apply::K8sApplyKind),
     ]
 }
 

@@ -21,7 +21,8 @@
 //! - `handlers.rs`: handlers;
 //! - `scope.rs`: the variables templates see, `steps.*` built from typed results;
 //! - `record.rs`: results to the sink and the journal, outputs restored;
-//! - `predict.rs`: what a run would take from the journal, for `plan`.
+//! - `predict.rs`: what a run would take from the journal, for `plan`;
+//! - `preview.rs`: `plan`'s previews (the checks of kinds that preview safely).
 
 mod context;
 mod converge;
@@ -30,12 +31,14 @@ mod instance;
 mod items;
 mod node;
 mod predict;
+mod preview;
 mod record;
 mod run;
 mod schedule;
 mod scope;
 
-pub use predict::{predict, predict_skips, InstancePrediction, NodePrediction, Prediction};
+pub use predict::{predict, predict_skips, predict_with_previews, InstancePrediction, NodePrediction, Prediction};
+pub use preview::{run_previews, Candidate, Preview, PreviewOutcome};
 pub use run::{new_run_id, run};
 
 use crate::journal::{Journal, LockHolder};

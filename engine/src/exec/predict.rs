@@ -20,6 +20,7 @@ use crate::report::Status;
 use crate::secrets::{Masker, SecretKey};
 use crate::template::Templates;
 use serde_json::{Map, Value};
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -91,6 +92,20 @@ pub fn predict(
     key: &SecretKey,
     masker: &Arc<Masker>,
 ) -> Vec<NodePrediction> {
+    predict_with_previews(plan, records, opts, secrets, key, masker).0
+}
+
+/// [`predict`], and the instances that would run whose kind previews in
+/// `plan` ([`crate::step::StepKind::previews_in_plan`]), built, for
+/// [`super::run_previews`].
+pub fn predict_with_previews(
+    plan: &Plan,
+    records: &HashMap<RecordKey, Record>,
+    opts: &RunOptions,
+    secrets: &Map<String, Value>,
+    key: &SecretKey,
+    masker: &Arc<Masker>,
+) -> (Vec<NodePrediction>, Vec<super::preview::Candidate>) {
     let templates = Templates::new();
     let mut walk = Walk {
         plan,
@@ -105,6 +120,7 @@ pub fn predict(
         },
         results: StepResults::new(plan.workflow.steps.len()),
         incomplete: HashSet::new(),
+        previews: RefCell::new(Vec::new()),
     };
     let mut done: Vec<Option<NodePrediction>> = vec![None; plan.nodes.len()];
     // Phases hold every node once, each after the nodes it needs.
@@ -112,7 +128,8 @@ pub fn predict(
         let p = walk.node(node, &done);
         done[node] = Some(p);
     }
-    done.into_iter()
+    let predictions = done
+        .into_iter()
         .map(|p| {
             p.unwrap_or(NodePrediction {
                 summary: Prediction::Unknown,
@@ -120,7 +137,8 @@ pub fn predict(
                 unless_changed: Vec::new(),
             })
         })
-        .collect()
+        .collect();
+    (predictions, walk.previews.into_inner())
 }
 
 struct Walk<'a> {
@@ -132,6 +150,8 @@ struct Walk<'a> {
     results: StepResults,
     /// Steps with a node whose results are not known in advance.
     incomplete: HashSet<usize>,
+    /// Instances that would run and can preview their change.
+    previews: RefCell<Vec<super::preview::Candidate>>,
 }
 
 impl Walk<'_> {
@@ -198,13 +218,25 @@ impl Walk<'_> {
             let label = item.map(|i| i.label.clone());
             match instance.prepare(&self.pipeline, vars.clone()).ok()? {
                 Prepared::WhenFalse => Some((predicted(label, false, true), Status::Skipped, Map::new())),
-                Prepared::Ready(ready) => match ready.journaled_outputs(false, false) {
-                    Some(outputs) => {
+                Prepared::Ready(ready) => {
+                    if let Some(outputs) = ready.journaled_outputs(false, false) {
                         ready.built.restored(outputs, &self.plan.hosts);
-                        Some((predicted(label, true, false), Status::Ok, outputs.clone()))
+                        return Some((predicted(label, true, false), Status::Ok, outputs.clone()));
                     }
-                    None => Some((predicted(label, false, false), Status::Changed, Map::new())),
-                },
+                    if step.kind.previews_in_plan() {
+                        let ready = *ready;
+                        self.previews.borrow_mut().push(super::preview::Candidate {
+                            step: step.id.clone(),
+                            host: host.clone(),
+                            item: label.clone(),
+                            timeout: step.timeout,
+                            built: ready.built,
+                            become_: ready.become_,
+                            previous: ready.previous,
+                        });
+                    }
+                    Some((predicted(label, false, false), Status::Changed, Map::new()))
+                }
             }
         };
         let Some(items) = items else {

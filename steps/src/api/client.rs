@@ -252,6 +252,7 @@ impl ApiClient {
                 ca_file: opts.ca_file.as_deref(),
                 insecure: opts.insecure,
                 timeout: None,
+                ..crate::http_client::ClientOptions::default()
             },
             |b| {
                 b.user_agent(concat!("flowrun/", env!("CARGO_PKG_VERSION")))

@@ -7,6 +7,7 @@
 
 pub mod github;
 pub mod gitlab;
+pub mod kube;
 pub mod proxmox;
 pub mod server;
 pub mod tls;

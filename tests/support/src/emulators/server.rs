@@ -35,6 +35,8 @@ pub struct Request {
     pub query: String,
     pub headers: hyper::HeaderMap,
     pub body: Bytes,
+    /// The client's TLS certificate (DER), when it presented one.
+    pub peer_certificate: Option<Arc<Vec<u8>>>,
 }
 
 impl Request {
@@ -155,6 +157,20 @@ pub struct Server {
 impl Server {
     /// Start on `127.0.0.1:0`; HTTPS with a fresh CA when `tls_name` is given.
     pub async fn start(handler: Arc<dyn Handler>, tls_name: Option<&str>) -> std::io::Result<Self> {
+        Self::start_inner(handler, tls_name, false).await
+    }
+
+    /// HTTPS with a fresh CA that also asks clients for certificates it
+    /// issued ([`TestCa::issue_client`]); clients without one are served too.
+    pub async fn start_with_client_auth(handler: Arc<dyn Handler>, tls_name: &str) -> std::io::Result<Self> {
+        Self::start_inner(handler, Some(tls_name), true).await
+    }
+
+    async fn start_inner(
+        handler: Arc<dyn Handler>,
+        tls_name: Option<&str>,
+        client_auth: bool,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let ca = match tls_name {
@@ -164,9 +180,13 @@ impl Server {
         let scheme = if ca.is_some() { "https" } else { "http" };
         let url = format!("{scheme}://{addr}");
         let shared = Arc::new(Shared::default());
-        let acceptor = ca
-            .as_ref()
-            .map(|ca| tokio_rustls::TlsAcceptor::from(ca.server_config.clone()));
+        let acceptor = match &ca {
+            Some(ca) if client_auth => Some(tokio_rustls::TlsAcceptor::from(
+                ca.server_config_with_client_auth().map_err(std::io::Error::other)?,
+            )),
+            Some(ca) => Some(tokio_rustls::TlsAcceptor::from(ca.server_config.clone())),
+            None => None,
+        };
         let task = tokio::spawn(accept_loop(listener, acceptor, handler, shared.clone()));
         Ok(Self {
             addr,
@@ -239,10 +259,16 @@ async fn accept_loop(
                         match acceptor {
                             Some(acceptor) => {
                                 if let Ok(tls) = acceptor.accept(stream).await {
-                                    serve(TokioIo::new(tls), handler, shared).await;
+                                    let peer = tls
+                                        .get_ref()
+                                        .1
+                                        .peer_certificates()
+                                        .and_then(|c| c.first())
+                                        .map(|c| Arc::new(c.as_ref().to_vec()));
+                                    serve(TokioIo::new(tls), handler, shared, peer).await;
                                 }
                             }
-                            None => serve(TokioIo::new(stream), handler, shared).await,
+                            None => serve(TokioIo::new(stream), handler, shared, None).await,
                         }
                     })
                     .await;
@@ -253,13 +279,13 @@ async fn accept_loop(
     }
 }
 
-async fn serve<I>(io: I, handler: Arc<dyn Handler>, shared: Arc<Shared>)
+async fn serve<I>(io: I, handler: Arc<dyn Handler>, shared: Arc<Shared>, peer: Option<Arc<Vec<u8>>>)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let service = service_fn(move |req: hyper::Request<Incoming>| {
-        let (handler, shared) = (handler.clone(), shared.clone());
-        async move { Ok::<_, std::convert::Infallible>(answer(req, &*handler, &shared).await) }
+        let (handler, shared, peer) = (handler.clone(), shared.clone(), peer.clone());
+        async move { Ok::<_, std::convert::Infallible>(answer(req, &*handler, &shared, peer).await) }
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
@@ -267,7 +293,12 @@ where
         .await;
 }
 
-async fn answer(req: hyper::Request<Incoming>, handler: &dyn Handler, shared: &Shared) -> hyper::Response<Full<Bytes>> {
+async fn answer(
+    req: hyper::Request<Incoming>,
+    handler: &dyn Handler,
+    shared: &Shared,
+    peer_certificate: Option<Arc<Vec<u8>>>,
+) -> hyper::Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
@@ -279,6 +310,7 @@ async fn answer(req: hyper::Request<Incoming>, handler: &dyn Handler, shared: &S
         query: parts.uri.query().unwrap_or("").to_owned(),
         headers: parts.headers,
         body,
+        peer_certificate,
     };
     let outage = shared
         .unavailable
