@@ -373,3 +373,20 @@ fn label_needs_for_each_and_retry_keys_are_typed() {
 fn a_tab_in_the_indentation_points_at_the_tab() {
     rejects(&[], &wf("  - id: x\n\tuses: command\n"), "wf.yml:6:1", "invalid YAML");
 }
+
+/// A step kind checks what its types cannot say about a literal parameter.
+#[test]
+fn a_kind_checks_its_own_literal_parameters() {
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: k8s_apply\n    with: { manifest: [42] }\n"),
+        "wf.yml:7:24",
+        "parameter `manifest` of step `x`: item 1 is a number, not an object",
+    );
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: k8s_apply\n    with:\n      manifest: { apiVersion: v1, kind: ConfigMap }\n"),
+        "wf.yml:8:17",
+        "has no `metadata.name`",
+    );
+}

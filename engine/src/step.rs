@@ -16,6 +16,7 @@ use crate::transport::{
 };
 use async_trait::async_trait;
 use serde_json::{Map, Value};
+use std::any::Any;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -181,6 +182,50 @@ pub trait StepKind: Send + Sync {
     fn previews_in_plan(&self) -> bool {
         false
     }
+
+    /// Check the parameters whose values contain no template, when the
+    /// workflow loads (after each was checked against its declared
+    /// [`ParamType`]): what a type cannot say, such as the shape of a
+    /// `k8s_apply` manifest. `literals` holds only those parameters; a
+    /// problem is reported at the value (or the part of it `at` names) with
+    /// exit 2, before anything runs. The default finds nothing.
+    fn check_literals(&self, _literals: &Map<String, Value>) -> Vec<LiteralProblem> {
+        Vec::new()
+    }
+}
+
+/// A problem [`StepKind::check_literals`] found in a literal parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiteralProblem {
+    pub param: String,
+    /// Where inside the value: list indices and mapping keys from its top
+    /// (empty: the value itself).
+    pub at: Vec<ValuePath>,
+    pub message: String,
+}
+
+/// One step into a parameter's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValuePath {
+    Index(usize),
+    Key(String),
+}
+
+impl LiteralProblem {
+    pub fn new(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            param: param.into(),
+            at: Vec::new(),
+            message: message.into(),
+        }
+    }
+
+    /// The problem is in one part of the value.
+    #[must_use]
+    pub fn within(mut self, part: ValuePath) -> Self {
+        self.at.push(part);
+        self
+    }
 }
 
 /// What a step kind may use while building an instance.
@@ -223,7 +268,7 @@ pub enum Check {
 }
 
 /// A change that a check found necessary.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Pending {
     /// One line: what would change ("create /etc/x", "install docker.io").
     pub summary: String,
@@ -231,6 +276,21 @@ pub struct Pending {
     pub diff: Option<String>,
     /// Outputs known without applying (reported in `--check` mode).
     pub outputs: Outputs,
+    /// What the check observed (a stat, a file's content, an API object),
+    /// handed to this instance's `apply` so it need not observe again: a
+    /// value of the step's own type, taken back with [`Pending::observed`].
+    pub observation: Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl fmt::Debug for Pending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pending")
+            .field("summary", &self.summary)
+            .field("diff", &self.diff)
+            .field("outputs", &self.outputs)
+            .field("observation", &self.observation.as_ref().map(|_| ".."))
+            .finish()
+    }
 }
 
 impl Pending {
@@ -244,6 +304,26 @@ impl Pending {
     pub fn with_diff(mut self, diff: impl Into<String>) -> Self {
         self.diff = Some(diff.into());
         self
+    }
+
+    /// Carry what the check observed to `apply`.
+    #[must_use]
+    pub fn with_observation<T: Any + Send + Sync>(mut self, observed: T) -> Self {
+        self.observation = Some(Box::new(observed));
+        self
+    }
+
+    /// Take what the check observed, if it is a `T` (`None` when the check
+    /// carried nothing or something else).
+    pub fn observed<T: Any + Send + Sync>(&mut self) -> Option<T> {
+        let boxed = self.observation.take()?;
+        match boxed.downcast::<T>() {
+            Ok(t) => Some(*t),
+            Err(other) => {
+                self.observation = Some(other);
+                None
+            }
+        }
     }
 }
 
@@ -474,5 +554,22 @@ impl StepContext {
     /// Register a value (e.g. a token an API returned) as a secret from now on.
     pub fn add_secret(&self, value: &str) {
         self.masker.add(value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pending_change_carries_what_the_check_observed_to_apply() {
+        #[derive(Debug, PartialEq)]
+        struct Seen(u32);
+        let mut p = Pending::new("write").with_observation(Seen(7));
+        assert!(p.observed::<String>().is_none(), "another type is not taken");
+        assert_eq!(p.observed::<Seen>(), Some(Seen(7)));
+        assert!(p.observed::<Seen>().is_none(), "taken once");
+        assert!(Pending::new("x").observed::<Seen>().is_none());
+        assert!(format!("{:?}", Pending::new("x").with_observation(1u8)).contains("observation: Some"));
     }
 }

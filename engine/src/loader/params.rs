@@ -7,9 +7,10 @@
 use super::syntax::key_pos;
 use crate::diag::{did_you_mean, suggest, Diagnostic, Diagnostics, Source};
 use crate::model::parse_duration;
-use crate::step::{check_url, parse_mode, ParamType, StepKind};
+use crate::step::{check_url, parse_mode, ParamType, StepKind, ValuePath};
 use crate::template::Templates;
-use crate::yaml::{YValue, Yaml};
+use crate::yaml::{Key, YValue, Yaml};
+use serde_json::{Map, Value};
 use std::collections::HashSet;
 
 pub(super) fn check_params(
@@ -21,6 +22,7 @@ pub(super) fn check_params(
     errs: &mut Diagnostics,
 ) {
     let info = kind.info();
+    let start = errs.0.len();
     let names: Vec<&str> = info.params.iter().map(|p| p.name).collect();
     let entries = with.and_then(Yaml::as_map).unwrap_or_default();
     for (k, v) in entries {
@@ -47,6 +49,9 @@ pub(super) fn check_params(
                 ),
             ));
         }
+    }
+    if errs.0.len() == start {
+        check_kind_literals(src, entries, kind, id, errs);
     }
     let given: HashSet<&str> = entries.iter().map(|(k, _)| k.name.as_str()).collect();
     let at = with.map_or_else(|| node.get("uses").map_or(node.pos, |u| u.pos), |w| w.pos);
@@ -76,6 +81,45 @@ pub(super) fn check_params(
             };
             errs.push(Diagnostic::at(src, at, msg));
         }
+    }
+}
+
+/// The kind's own checks of the parameters that contain no template
+/// (their types passed), each problem at the value or the part it names.
+fn check_kind_literals(src: &Source, entries: &[(Key, Yaml)], kind: &dyn StepKind, id: &str, errs: &mut Diagnostics) {
+    let literals: Map<String, Value> = entries
+        .iter()
+        .filter(|(_, v)| !has_template(v))
+        .map(|(k, v)| (k.name.clone(), v.to_json()))
+        .collect();
+    if literals.is_empty() {
+        return;
+    }
+    for problem in kind.check_literals(&literals) {
+        let Some((_, value)) = entries.iter().find(|(k, _)| k.name == problem.param) else {
+            continue;
+        };
+        let at = problem.at.iter().try_fold(value, |v, part| match part {
+            ValuePath::Index(i) => v.as_seq().and_then(|s| s.get(*i)),
+            ValuePath::Key(k) => v.get(k),
+        });
+        errs.push(Diagnostic::at(
+            src,
+            at.unwrap_or(value).pos,
+            format!("parameter `{}` of step `{id}`: {}", problem.param, problem.message),
+        ));
+    }
+}
+
+/// Whether any string in the value is a template.
+fn has_template(v: &Yaml) -> bool {
+    match &v.value {
+        YValue::Str(s) => Templates::is_template(s),
+        YValue::Seq(items) => items.iter().any(has_template),
+        YValue::Map(entries) => entries
+            .iter()
+            .any(|(k, x)| Templates::is_template(&k.name) || has_template(x)),
+        _ => false,
     }
 }
 
