@@ -499,11 +499,6 @@ fn bad_input_is_named() {
             with:
               kubeconfig: "{{kubeconfig}}"
               manifest: {apiVersion: example.com/v1, kind: Foo, metadata: {name: x}}
-          - id: not-an-object
-            uses: k8s_apply
-            with:
-              kubeconfig: "{{kubeconfig}}"
-              manifest: [42]
         "#,
     );
     let r = c.flowrun(&["run", "kinds.yml"], 1);
@@ -512,10 +507,25 @@ fn bad_input_is_named() {
         "{}",
         r.stdout
     );
+    // A literal manifest that holds no object is known when the workflow
+    // loads: exit 2 at the item, nothing run (it was a run-time failure).
+    c.sb.write(
+        "literal.yml",
+        r#"
+        steps:
+          - id: not-an-object
+            uses: k8s_apply
+            with:
+              kubeconfig: "{{kubeconfig}}"
+              manifest: [42]
+        "#,
+    );
+    let r = c.flowrun(&["run", "literal.yml"], 2);
+    assert!(r.stderr.contains("literal.yml:6:18"), "{}", r.stderr);
     assert!(
-        r.stdout.contains("manifest, item 1 is a number, not an object"),
+        r.stderr.contains("item 1 is a number, not an object"),
         "{}",
-        r.stdout
+        r.stderr
     );
 }
 
