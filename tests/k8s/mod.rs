@@ -522,11 +522,7 @@ fn bad_input_is_named() {
     );
     let r = c.flowrun(&["run", "literal.yml"], 2);
     assert!(r.stderr.contains("literal.yml:6:18"), "{}", r.stderr);
-    assert!(
-        r.stderr.contains("item 1 is a number, not an object"),
-        "{}",
-        r.stderr
-    );
+    assert!(r.stderr.contains("item 1 is a number, not an object"), "{}", r.stderr);
 }
 
 #[test]
