@@ -59,7 +59,7 @@ steps:
     needs: [rollback]
     hosts: g
     uses: log
-    with: { file: LOG, text: "after {{inventory_hostname}}" }
+    with: { file: LOG, text: "after {{inventory_hostname}}: rollback {{steps.rollback.status}}" }
   - id: cleanup
     needs: [rollback]
     runs: always
@@ -75,8 +75,8 @@ steps:
     assert_eq!(
         log,
         [
-            "after a",
-            "after b",
+            "after a: rollback changed",
+            "after b: rollback skipped",
             "cleanup a after a failure",
             "cleanup b after success",
             "confirm b",

@@ -46,6 +46,12 @@ pub(crate) async fn run_node(ctx: &Arc<RunContext>, node: usize, ticket: ForkTic
         let failures = ctx.failures_for(node);
         if let Some(why) = rescue_not_needed(ctx, step.runs, &failures) {
             skip(why);
+            // Later steps see it as skipped, with no outputs.
+            let result = StepResult::Single {
+                outputs: crate::step::Outputs::new(),
+                status: Status::Skipped,
+            };
+            ctx.state().results.insert(plan_node.step, host, &result);
             return NodeEnd::Done(Status::Skipped);
         }
         Some(failures)
