@@ -114,7 +114,7 @@ impl FileStep {
         let st = match (self.state, st) {
             // A dangling symbolic link does not stat, but is still there to remove.
             (State::Absent, None) => {
-                let link = cx.exec(ExecRequest::shell(format!("test -L {}", quote(path)))).await?;
+                let link = cx.exec(ExecRequest::shell(format!("test -L {}", quote(path))).quick()).await?;
                 return Ok((link.rc == 0).then(|| format!("remove symbolic link `{path}`")));
             }
             (State::Absent, Some(st)) => return Ok(Some(format!("remove {} `{path}`", kind_name(st.kind)))),
@@ -185,18 +185,30 @@ impl Step for FileStep {
             Some(e) => e,
             None => cx.metadata(&self.path).await?.is_some(),
         };
-        let create = match self.state {
-            State::Directory if !exists => Some(format!("mkdir -p -- {p}")),
-            State::Touch if !exists => Some(format!("touch -- {p}")),
-            _ => None,
+        // A new directory with only a mode gets it from `mkdir -m`: one process.
+        let only_mode = self.attrs.owner.is_none() && self.attrs.group.is_none() && !self.recurse;
+        let (create, fix) = match (self.state, self.attrs.mode) {
+            (State::Directory, Some(m)) if !exists && only_mode => (Some(format!("mkdir -p -m {m:04o} -- {p}")), None),
+            (State::Directory, _) if !exists => (
+                Some(format!("mkdir -p -- {p}")),
+                self.attrs.fix_script(&self.path, self.recurse),
+            ),
+            (State::Touch, _) if !exists => (
+                Some(format!("touch -- {p}")),
+                self.attrs.fix_script(&self.path, self.recurse),
+            ),
+            _ => (None, self.attrs.fix_script(&self.path, self.recurse)),
         };
-        let fix = self.attrs.fix_script(&self.path, self.recurse);
         let script = match (create, fix) {
             (Some(c), Some(f)) => Some(format!("{c} && {f}")),
             (c, f) => c.or(f),
         };
         if let Some(script) = script {
-            cx.sh(&script).await?;
+            if self.recurse {
+                cx.sh(&script).await?;
+            } else {
+                cx.sh_quick(&script).await?;
+            }
         }
         Ok(Applied::changed(self.outputs()))
     }

@@ -19,6 +19,8 @@ use std::time::Instant;
 
 struct Opts {
     venv: Option<PathBuf>,
+    /// `--keep DIR`: set the hosts and flowrun's workload up in DIR and wait (for profiling).
+    keep: Option<PathBuf>,
     repeat: usize,
     counts: Vec<usize>,
 }
@@ -26,6 +28,7 @@ struct Opts {
 fn parse_args() -> Opts {
     let mut o = Opts {
         venv: None,
+        keep: None,
         repeat: 1,
         counts: Vec::new(),
     };
@@ -34,6 +37,7 @@ fn parse_args() -> Opts {
         match a.as_str() {
             "--venv" => o.venv = it.next().map(PathBuf::from),
             "--flowrun-only" => o.venv = None,
+            "--keep" => o.keep = it.next().map(PathBuf::from),
             "--repeat" => o.repeat = it.next().and_then(|v| v.parse().ok()).unwrap_or(1),
             n => o.counts.extend(n.parse::<usize>().ok()),
         }
@@ -103,9 +107,8 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// flowrun: first run, journaled re-run, `--verify`, change one thing.
-fn flowrun_runs(dir: &Path, hosts: &[SshdHost]) -> Vec<Timed> {
-    let d = dir.join("flowrun");
+/// flowrun's workload and inventory in `d`.
+fn flowrun_setup(d: &Path, hosts: &[SshdHost]) {
     let wf = std::fs::read_to_string(repo().join("tests/data/web.yml"))
         .unwrap()
         .replace("$DIR", d.to_str().unwrap());
@@ -113,6 +116,12 @@ fn flowrun_runs(dir: &Path, hosts: &[SshdHost]) -> Vec<Timed> {
     let tpl = std::fs::read_to_string(repo().join("tests/data/templates/app.conf.hbs")).unwrap();
     write(&d.join("templates/app.conf.hbs"), &tpl);
     write_inventory(&d.join("hosts.yml"), "web", hosts).unwrap();
+}
+
+/// flowrun: first run, journaled re-run, `--verify`, change one thing.
+fn flowrun_runs(dir: &Path, hosts: &[SshdHost]) -> Vec<Timed> {
+    let d = dir.join("flowrun");
+    flowrun_setup(&d, hosts);
     let run = |extra: &[&str]| {
         let mut c = Command::new(flowrun_bin());
         c.current_dir(&d)
@@ -248,6 +257,13 @@ fn main() {
             },
         )
         .expect("sshd hosts");
+        if let Some(k) = &o.keep {
+            flowrun_setup(k, &hosts);
+            println!("{n} hosts up; in {}: flowrun run web.yml -i hosts.yml (Ctrl-C ends)", k.display());
+            loop {
+                std::thread::park();
+            }
+        }
         println!("\n== {n} hosts x 10 steps, --forks 10, {} repetition(s)", o.repeat);
         let mut all: Vec<(&str, Vec<Vec<Timed>>)> = vec![("flowrun", vec![]), ("ansible", vec![]), ("pyinfra", vec![])];
         for _ in 0..o.repeat {
