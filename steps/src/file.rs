@@ -114,7 +114,9 @@ impl FileStep {
         let st = match (self.state, st) {
             // A dangling symbolic link does not stat, but is still there to remove.
             (State::Absent, None) => {
-                let link = cx.exec(ExecRequest::shell(format!("test -L {}", quote(path))).quick()).await?;
+                let link = cx
+                    .exec(ExecRequest::shell(format!("test -L {}", quote(path))).quick())
+                    .await?;
                 return Ok((link.rc == 0).then(|| format!("remove symbolic link `{path}`")));
             }
             (State::Absent, Some(st)) => return Ok(Some(format!("remove {} `{path}`", kind_name(st.kind)))),

@@ -283,9 +283,11 @@ pub trait Transport: Send + Sync {
     /// Metadata of `path` with a regular file's SHA-256, or `None` when it does not exist.
     async fn stat(&self, path: &str, become_: Option<&Become>) -> Result<Option<FileStat>, TransportError> {
         let out = self
-            .exec(ExecRequest::shell(shell::stat_script(path, true))
+            .exec(
+                ExecRequest::shell(shell::stat_script(path, true))
                     .quick()
-                    .become_(become_.cloned()))
+                    .become_(become_.cloned()),
+            )
             .await?;
         shell::parse_stat(path, &out)
     }
@@ -293,9 +295,11 @@ pub trait Transport: Send + Sync {
     /// Metadata of `path` without hashing its content (cheaper), or `None` when it does not exist.
     async fn metadata(&self, path: &str, become_: Option<&Become>) -> Result<Option<FileStat>, TransportError> {
         let out = self
-            .exec(ExecRequest::shell(shell::stat_script(path, false))
+            .exec(
+                ExecRequest::shell(shell::stat_script(path, false))
                     .quick()
-                    .become_(become_.cloned()))
+                    .become_(become_.cloned()),
+            )
             .await?;
         shell::parse_stat(path, &out)
     }
@@ -304,9 +308,11 @@ pub trait Transport: Send + Sync {
     /// one round trip; `None` when it does not exist.
     async fn read_with_stat(&self, path: &str, become_: Option<&Become>) -> Result<StatAndContent, TransportError> {
         let out = self
-            .exec(ExecRequest::shell(shell::read_stat_script(path))
+            .exec(
+                ExecRequest::shell(shell::read_stat_script(path))
                     .quick()
-                    .become_(become_.cloned()))
+                    .become_(become_.cloned()),
+            )
             .await?;
         shell::parse_read_stat(path, out)
     }
@@ -314,9 +320,11 @@ pub trait Transport: Send + Sync {
     /// Content of `path`, or `None` when it does not exist.
     async fn read_file(&self, path: &str, become_: Option<&Become>) -> Result<Option<Vec<u8>>, TransportError> {
         let out = self
-            .exec(ExecRequest::shell(shell::read_script(path))
+            .exec(
+                ExecRequest::shell(shell::read_script(path))
                     .quick()
-                    .become_(become_.cloned()))
+                    .become_(become_.cloned()),
+            )
             .await?;
         shell::parse_read(path, out)
     }

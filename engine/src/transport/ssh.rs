@@ -17,6 +17,11 @@
 //!   with `become` goes to a helper started once through `sudo -n -H -u USER`.
 //!   The channel's command line, handed to the user's login shell, must
 //!   parse as POSIX (sh, bash, dash, zsh, ksh do; csh does not).
+//! - Quick requests (probes and file operations, marked by the caller:
+//!   [`ExecRequest::quick`]) queue per host and go to a helper in batches,
+//!   one write and one round trip for all of them (`ssh/queue.rs`), so a
+//!   host usually needs one helper; a user's command gets a helper of its
+//!   own (an idle one, or a batch's once it is done, or a new channel).
 //! - At most [`SshOptions::max_sessions`] helpers (channels) live and run
 //!   commands at once on a host, below sshd's `MaxSessions` (10 channels per
 //!   connection).

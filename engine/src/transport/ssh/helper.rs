@@ -9,7 +9,10 @@
 //! for a helper that runs as another user). `BOOT` reads a line holding a
 //! count N, then N lines of shell source, and `eval`s them: the helper's
 //! source (below) and its nonce — 32 random hex digits, never in argv — come
-//! on stdin. The helper prints `NONCE ready USER\n` on stdout, then loops:
+//! on stdin. The first helper of a host asks who it runs as (`id -un`) and
+//! whether `printf` is a builtin of its shell; later ones are told. The helper
+//! prints `NONCE ready B USER\n` on stdout (`B`: 1 when `printf` is a
+//! builtin), then loops:
 //!
 //! - request: a header line `ID LINES STDIN_LEN TIMEOUT\n`, then `LINES`
 //!   lines of shell script (read with the `read` builtin: any byte but NUL),
@@ -27,6 +30,9 @@
 //!   script passed in the environment (`/proc/PID/environ` is private to the
 //!   user, unlike argv). Bytes of stdin that the script leaves unread are
 //!   drained, so the next header is always where the controller put it.
+//! - requests may follow each other without waiting for answers (a batch:
+//!   several frames in one write): the helper reads the next header only
+//!   once the previous request has ended, and no script reads the channel.
 //! - if `TRACE` is not empty (the test sshd sets `FLOWRUN_REMOTE_TRACE`) the
 //!   helper appends `helper` when it starts and each request's id to that
 //!   file: it is how tests count remote commands that sshd cannot see.
@@ -429,7 +435,9 @@ mod tests {
     fn the_helper_frames_binary_requests() {
         use std::io::{Read, Write};
         use std::process::{Command, Stdio};
-        let source = SOURCE.replace("@NONCE@", "NONCE").replace("@FACTS@", &facts_source(None));
+        let source = SOURCE
+            .replace("@NONCE@", "NONCE")
+            .replace("@FACTS@", &facts_source(None));
         let mut child = Command::new("sh")
             .args(["-c", BOOT, "sh", ""])
             .stdin(Stdio::piped())

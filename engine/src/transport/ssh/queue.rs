@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 const BATCH_REQUESTS: usize = 16;
 const BATCH_BYTES: usize = 1 << 20;
 /// Another driver starts when more than this many requests per driver wait.
-const WAITING_PER_DRIVER: usize = 8;
+const WAITING_PER_DRIVER: usize = BATCH_REQUESTS;
 
 struct Job {
     script: String,
@@ -64,8 +64,8 @@ impl Queue {
         let mut g = self.lock();
         let line = g.entry(user.map(str::to_owned)).or_default();
         line.jobs.push_back(job);
-        let start = line.drivers == 0
-            || (line.jobs.len() > WAITING_PER_DRIVER * line.drivers && line.drivers < max_drivers);
+        let start =
+            line.drivers == 0 || (line.jobs.len() > WAITING_PER_DRIVER * line.drivers && line.drivers < max_drivers);
         if start {
             line.drivers += 1;
         }
@@ -74,9 +74,7 @@ impl Queue {
 
     /// Whether a driver runs for `user` (its helper is soon idle again).
     pub fn driving(&self, user: Option<&str>) -> bool {
-        self.lock()
-            .get(&user.map(str::to_owned))
-            .is_some_and(|l| l.drivers > 0)
+        self.lock().get(&user.map(str::to_owned)).is_some_and(|l| l.drivers > 0)
     }
 
     /// The next batch; empty when nothing waits, and then this driver is done.
