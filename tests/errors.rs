@@ -251,3 +251,142 @@ fn missing_secret_source() {
         .stderr_has("secret `token` is not set: tried environment variable `FLOWRUN_TEST_UNSET_VAR` (not set)");
     assert!(!sb.exists("marker"));
 }
+
+#[test]
+fn literal_mode_is_checked_at_load() {
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: file\n    with: { path: /tmp/x, mode: rwxr-xr-x }\n"),
+        "wf.yml:7:33",
+        "parameter `mode` of step `x` must be an octal mode such as `\"0644\"` (rw-r--r--), found `rwxr-xr-x`",
+    );
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: copy\n    with: { dest: /tmp/x, content: hi, mode: \"0999\" }\n"),
+        "wf.yml:7:46",
+        "found `0999`",
+    );
+}
+
+/// One full diagnostic, byte for byte: message, location, the line, the caret under the value.
+#[test]
+fn a_caret_diagnostic_exactly() {
+    let sb = Sandbox::new();
+    sb.write(
+        "wf.yml",
+        &wf("  - id: x\n    uses: file\n    with: { path: /tmp/x, mode: rwxr-xr-x }\n"),
+    );
+    let r = sb.run(&["validate", "wf.yml"], 2);
+    assert_eq!(
+        r.stderr,
+        "error: parameter `mode` of step `x` must be an octal mode such as `\"0644\"` (rw-r--r--), found `rwxr-xr-x`\n \
+         --> wf.yml:7:33\n  \
+         |\n\
+         7 |     with: { path: /tmp/x, mode: rwxr-xr-x }\n  \
+         |                                 ^^^^^^^^^\n"
+    );
+    assert!(r.stdout.is_empty(), "{}", r.stdout);
+}
+
+#[test]
+fn literal_url_is_checked_at_load() {
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: http\n    with: { url: example.com/health }\n"),
+        "wf.yml:7:18",
+        "`example.com/health` is not an http(s) URL",
+    );
+}
+
+#[test]
+fn for_each_known_at_load_must_be_a_list() {
+    rejects(
+        &[],
+        &format!(
+            "vars: {{ servers: web1 }}\n{}",
+            wf("  - id: x\n    uses: command\n    for_each: \"{{servers}}\"\n    with: { argv: [echo, \"{{item}}\"] }\n")
+        ),
+        "wf.yml:8:15",
+        "`for_each` of step `x` must give a list; it gives `web1`",
+    );
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: command\n    for_each: web1\n    with: { argv: [echo, \"{{item}}\"] }\n"),
+        "wf.yml:7:15",
+        "must give a list; it gives `web1`",
+    );
+    // From the inventory: per host.
+    let inv = "all:\n  children:\n    web:\n      vars: { ports: [80] }\n      hosts:\n        w1: { connection: local }\n        w2: { connection: local, ports: 8080 }\n";
+    rejects(
+        &[("hosts.yml", inv)],
+        &wf("  - id: x\n    hosts: web\n    uses: command\n    for_each: \"{{json ports}}\"\n    with: { argv: [echo, \"{{item}}\"] }\n"),
+        "wf.yml:8:15",
+        "it gives `8080` on `w2`",
+    );
+}
+
+#[test]
+fn a_secret_in_argv_is_refused() {
+    rejects(
+        &[],
+        &format!(
+            "secrets:\n  token: {{ env: FLOWRUN_TEST_TOKEN }}\n{}",
+            wf("  - id: x\n    uses: command\n    with: { argv: [curl, -H, \"Authorization: {{secrets.token}}\", http://127.0.0.1/] }\n")
+        ),
+        "wf.yml:9:30",
+        "secret `token` in `with.argv` of step `x`: a command's argv is visible to every user of the machine",
+    );
+    rejects(
+        &[],
+        &format!(
+            "secrets:\n  token: {{ env: FLOWRUN_TEST_TOKEN }}\n{}",
+            wf("  - id: x\n    uses: command\n    with: { argv: [curl, \"{{secrets.token}}\"] }\n")
+        ),
+        "wf.yml:9:",
+        "pass it through `env` (read as `$NAME` in a `shell` command) or `stdin`",
+    );
+}
+
+#[test]
+fn label_needs_for_each_and_retry_keys_are_typed() {
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: command\n    label: \"{{item.name}}\"\n    with: { argv: [true] }\n"),
+        "wf.yml:7:12",
+        "`label` names the items of `for_each`, and this step has none",
+    );
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: command\n    with: { argv: [true] }\n    retry: { attempts: 2, jitter: lots }\n"),
+        "wf.yml:8:35",
+        "`jitter` must be a boolean or a fraction from 0 to 1",
+    );
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: command\n    with: { argv: [true] }\n    retry: { max_delay: forever }\n"),
+        "wf.yml:8:25",
+        "invalid duration `forever`",
+    );
+}
+
+#[test]
+fn a_tab_in_the_indentation_points_at_the_tab() {
+    rejects(&[], &wf("  - id: x\n\tuses: command\n"), "wf.yml:6:1", "invalid YAML");
+}
+
+/// A step kind checks what its types cannot say about a literal parameter.
+#[test]
+fn a_kind_checks_its_own_literal_parameters() {
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: k8s_apply\n    with: { manifest: [42] }\n"),
+        "wf.yml:7:24",
+        "parameter `manifest` of step `x`: item 1 is a number, not an object",
+    );
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: k8s_apply\n    with:\n      manifest: { apiVersion: v1, kind: ConfigMap }\n"),
+        "wf.yml:8:17",
+        "has no `metadata.name`",
+    );
+}

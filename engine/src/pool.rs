@@ -4,18 +4,14 @@
 
 use crate::host::Host;
 use crate::transport::local::LocalTransport;
+/// Kept here too for code that names it from the pool (it lives in `transport`).
+pub use crate::transport::Connector;
 use crate::transport::{
     Become, ExecOutput, ExecRequest, FileAttrs, FileStat, StatAndContent, Transport, TransportError,
 };
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-
-/// Opens remote connections (SSH in practice; tests may plug in others).
-#[async_trait]
-pub trait Connector: Send + Sync {
-    async fn connect(&self, host: &Host) -> Result<Arc<dyn Transport>, TransportError>;
-}
 
 type Slot = Arc<tokio::sync::Mutex<Option<(String, Arc<dyn Transport>)>>>;
 

@@ -84,6 +84,13 @@ fn step_keys(handler: bool) -> Vec<(&'static str, Value)> {
                 json!({"type": ["array", "string"],
                        "description": "One instance per item (`item` in scope): a list, or a template that renders to one."}),
             ),
+            (
+                "label",
+                described(
+                    json!({"type": "string"}),
+                    "How a `for_each` item is shown in output: a template with `item` in scope (default: its `name`).",
+                ),
+            ),
             ("tags", described(str_list(), "Tags for `--tags` and `--skip-tags`.")),
             (
                 "journal",
@@ -128,6 +135,10 @@ fn retry() -> Value {
             "attempts": {"type": "integer", "minimum": 1, "maximum": 1000, "description": "Attempts in all (default 3)."},
             "delay": described(duration(), "Wait before the second attempt (default 1s)."),
             "backoff": {"type": "number", "minimum": 1, "maximum": 10, "description": "Multiplies the delay after each attempt (default 1.0)."},
+            "max_delay": described(duration(), "No wait between attempts is longer than this (default 5m)."),
+            "jitter": {"anyOf": [{"type": "boolean"}, {"type": "number", "minimum": 0, "maximum": 1}],
+                       "description": "Shorten each wait by a random part of up to this fraction of it (`true` is 0.5)."},
+            "deadline": described(duration(), "An overall bound on all attempts and waits together."),
             "until": {"type": ["string", "number", "boolean"], "description": "A condition with `outputs` in scope; retry until it is true."}
         }
     })
@@ -153,6 +164,14 @@ pub fn param_type(ty: ParamType) -> Value {
         ParamType::Map => json!({"anyOf": [{"type": ["object", "null"]}, t]}),
         ParamType::Duration => duration(),
         ParamType::Enum(choices) => json!({"anyOf": [{"enum": choices}, {"type": "null"}, t]}),
+        ParamType::Mode => json!({"anyOf": [
+            {"type": ["integer", "null"], "minimum": 0, "maximum": 7777},
+            {"type": "string", "pattern": "^\\s*(0o)?[0-7]{1,4}\\s*$"},
+            t
+        ]}),
+        ParamType::Url => {
+            json!({"anyOf": [{"type": "string", "pattern": "^https?://[^\\s/?#]+"}, {"type": "null"}, t]})
+        }
         ParamType::Any => json!({}),
     }
 }
@@ -398,6 +417,8 @@ mod tests {
             ParamType::Map,
             ParamType::Duration,
             ParamType::Enum(&["a"]),
+            ParamType::Mode,
+            ParamType::Url,
         ] {
             assert!(param_type(ty).as_object().is_some_and(|o| !o.is_empty()), "{ty:?}");
         }

@@ -1,14 +1,11 @@
-//! Secrets: where they come from (env, file, command, with fallbacks: see
-//! [`source`]), how they are kept out
+//! Secrets at run time: how they are kept out
 //! of every output (the [`Masker`] replaces their values with `****` in
 //! anything printed, logged, reported or journaled), and how the journal can
 //! still tell whether a secret changed (keyed hashes) and restore secret
 //! outputs (authenticated encryption) without storing them in plaintext. The
-//! key lives in a file of mode 0600 beside the journal.
-
-mod source;
-
-pub use source::{expand_vars, parse_def, Found};
+//! key lives in a file of mode 0600 beside the journal. Where secrets come
+//! from and how they are resolved is part of the workflow model
+//! (`model::secret`).
 
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce};
@@ -24,59 +21,6 @@ pub const MASK: &str = "****";
 
 /// The shortest line of a multi-line secret that is masked on its own.
 const MIN_SECRET_LINE: usize = 8;
-
-/// Resolve every secret a workflow declares, registering each value with the
-/// masker. A required secret that none of its sources sets is an error that
-/// points at the declaration and names every source tried.
-pub fn resolve(
-    defs: &indexmap::IndexMap<String, crate::model::SecretDef>,
-    masker: &Masker,
-) -> Result<serde_json::Map<String, serde_json::Value>, crate::diag::Diagnostics> {
-    use crate::diag::{Diagnostic, Diagnostics, Source};
-    let mut out = serde_json::Map::new();
-    let mut errs = Diagnostics::default();
-    let located = |file: &Path, pos: crate::diag::Pos, m: String| match Source::read(file) {
-        Ok(src) => Diagnostic::at(&src, pos, m),
-        Err(_) => Diagnostic::in_file(file, m),
-    };
-    for (name, def) in defs {
-        let mut tried = Vec::new();
-        let mut value = None;
-        for source in &def.sources {
-            match source.read() {
-                Found::Value(v) => {
-                    value = Some(v);
-                    break;
-                }
-                Found::NotSet(why) => tried.push(format!("{} ({why})", source.describe())),
-            }
-        }
-        match value {
-            Some(v) if v.len() < 3 => errs.push(located(
-                &def.file,
-                def.pos,
-                format!("secret `{name}` is shorter than 3 characters: too short to mask in output"),
-            )),
-            Some(v) => {
-                masker.add(&v);
-                out.insert(name.clone(), serde_json::Value::String(v));
-            }
-            // Optional and not set: empty, nothing to mask; the workflow decides.
-            None if def.optional => {
-                out.insert(name.clone(), serde_json::Value::String(String::new()));
-            }
-            None => errs.push(
-                located(
-                    &def.file,
-                    def.pos,
-                    format!("secret `{name}` is not set: tried {}", tried.join(", ")),
-                )
-                .help("set one of them, or declare the secret `optional: true` if an empty value is fine"),
-            ),
-        }
-    }
-    errs.into_result(out)
-}
 
 /// Replaces known secret values with `****`.
 #[derive(Debug, Default)]
@@ -192,10 +136,11 @@ impl SecretKey {
     }
 
     /// A key for tests and `--check` runs without a journal directory.
-    pub fn ephemeral() -> Self {
+    /// Without randomness there is no key: an error, never a predictable one.
+    pub fn ephemeral() -> std::io::Result<Self> {
         let mut k = [0u8; 32];
-        let _ = getrandom::fill(&mut k);
-        Self(k)
+        getrandom::fill(&mut k).map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(Self(k))
     }
 
     /// A value that identifies this key without revealing it: the journal
@@ -210,13 +155,18 @@ impl SecretKey {
         crate::transport::local::hex(&mac.finalize().into_bytes())
     }
 
-    pub fn encrypt(&self, plaintext: &[u8]) -> Vec<u8> {
+    /// Encrypt with a fresh random nonce (stored in front). Without
+    /// randomness this fails: a repeated nonce would give the key away.
+    pub fn encrypt(&self, plaintext: &[u8]) -> std::io::Result<Vec<u8>> {
         let cipher = ChaCha20Poly1305::new((&self.0).into());
         let mut nonce = [0u8; 12];
-        let _ = getrandom::fill(&mut nonce);
+        getrandom::fill(&mut nonce).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let sealed = cipher
+            .encrypt(Nonce::from_slice(&nonce), plaintext)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         let mut out = nonce.to_vec();
-        out.extend(cipher.encrypt(Nonce::from_slice(&nonce), plaintext).unwrap_or_default());
-        out
+        out.extend(sealed);
+        Ok(out)
     }
 
     pub fn decrypt(&self, data: &[u8]) -> Option<Vec<u8>> {
@@ -259,138 +209,14 @@ mod tests {
         );
     }
 
-    fn def(sources: Vec<crate::model::SecretSource>, optional: bool) -> crate::model::SecretDef {
-        crate::model::SecretDef {
-            name: "t".into(),
-            sources,
-            optional,
-            file: "wf.yml".into(),
-            pos: crate::diag::Pos::new(1, 1),
-        }
-    }
-
-    fn one(d: crate::model::SecretDef, m: &Masker) -> Result<String, String> {
-        resolve(&[("t".to_owned(), d)].into_iter().collect(), m)
-            .map(|v| v["t"].as_str().unwrap().to_owned())
-            .map_err(|e| e.to_string())
-    }
-
-    #[test]
-    fn the_first_source_that_is_set_wins() {
-        use crate::model::SecretSource::{Command, Env, File};
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("token");
-        std::fs::write(&f, "from-file\n").unwrap();
-        let empty = dir.path().join("empty");
-        std::fs::write(&empty, "\n").unwrap();
-        let m = Masker::default();
-        let unset = Env("FLOWRUN_TEST_SURELY_UNSET".into());
-        let file = |p: &std::path::Path| File(p.display().to_string());
-        let got = one(
-            def(
-                vec![unset.clone(), file(&empty), file(&f), Command("echo nope".into())],
-                false,
-            ),
-            &m,
-        );
-        assert_eq!(got.unwrap(), "from-file");
-        assert_eq!(m.mask("x from-file"), "x ****");
-        let got = one(
-            def(
-                vec![unset.clone(), Command("false".into()), Command("printf s3cret".into())],
-                false,
-            ),
-            &m,
-        );
-        assert_eq!(got.unwrap(), "s3cret");
-        // `$VAR` in a path: an unset variable skips the source.
-        std::env::set_var("FLOWRUN_TEST_TOKEN_DIR", dir.path());
-        let got = one(
-            def(
-                vec![
-                    File("$FLOWRUN_TEST_UNSET_DIR/token".into()),
-                    File("${FLOWRUN_TEST_TOKEN_DIR}/token".into()),
-                ],
-                false,
-            ),
-            &m,
-        );
-        assert_eq!(got.unwrap(), "from-file");
-    }
-
-    #[test]
-    fn a_missing_required_secret_names_every_source_tried() {
-        use crate::model::SecretSource::{Command, Env, File};
-        let m = Masker::default();
-        let e = one(
-            def(
-                vec![
-                    Env("FLOWRUN_TEST_SURELY_UNSET".into()),
-                    File("/nonexistent/flowrun/token".into()),
-                    File("$FLOWRUN_TEST_UNSET_FILE".into()),
-                    Command("echo oops >&2; exit 4".into()),
-                ],
-                false,
-            ),
-            &m,
-        )
-        .unwrap_err();
-        assert!(
-            e.contains("secret `t` is not set: tried environment variable `FLOWRUN_TEST_SURELY_UNSET` (not set), file `/nonexistent/flowrun/token` (does not exist), file `$FLOWRUN_TEST_UNSET_FILE` (`$FLOWRUN_TEST_UNSET_FILE` is not set), command `echo oops >&2; exit 4` (exited with status 4: oops)"),
-            "{e}"
-        );
-        assert!(e.contains("optional: true"), "{e}");
-        // Optional: empty, nothing to mask.
-        assert_eq!(one(def(vec![Command("printf ''".into())], true), &m).unwrap(), "");
-        assert!(m.is_empty());
-        assert!(one(def(vec![Command("printf ab".into())], false), &m)
-            .unwrap_err()
-            .contains("shorter than 3 characters"));
-    }
-
-    #[test]
-    fn declarations_in_every_form() {
-        use crate::model::SecretSource::{Command, Env, File};
-        let parse = |text: &str| {
-            let src = std::sync::Arc::new(crate::diag::Source::new("wf.yml".into(), text.to_owned()));
-            let root = crate::yaml::parse(&src).unwrap();
-            let (k, v) = &root.as_map().unwrap()[0];
-            let mut errs = crate::diag::Diagnostics::default();
-            parse_def(&src, k, v, &mut errs).ok_or_else(|| errs.to_string())
-        };
-        let d = parse("t: { file: ~/t, env: [A, B], command: pass t, optional: true }\n").unwrap();
-        assert_eq!(
-            d.sources,
-            [
-                Env("A".into()),
-                Env("B".into()),
-                File("~/t".into()),
-                Command("pass t".into())
-            ]
-        );
-        assert!(d.optional);
-        let d = parse("t:\n  - file: /f\n  - env: A\n").unwrap();
-        assert_eq!(d.sources, [File("/f".into()), Env("A".into())]);
-        assert!(!d.optional);
-        let d = parse("t: { from: [ {env: B}, {file: /g} ], optional: true }\n").unwrap();
-        assert_eq!(d.sources, [Env("B".into()), File("/g".into())]);
-        assert!(parse("t: { optional: true }\n").unwrap_err().contains("wf.yml:1:4"));
-        assert!(parse("t: { envv: A }\n").unwrap_err().contains("did you mean `env`"));
-        assert!(parse("t: [ {env: A, file: B} ]\n").unwrap_err().contains("each source"));
-        assert!(parse("t: { from: [ {env: A} ], env: B }\n")
-            .unwrap_err()
-            .contains("does not mix"));
-        assert!(parse("t: { env: \"\" }\n").unwrap_err().contains("non-empty"));
-    }
-
     #[test]
     fn encrypt_roundtrip_and_tamper() {
-        let k = SecretKey::ephemeral();
-        let c = k.encrypt(b"glrt-123");
+        let k = SecretKey::ephemeral().unwrap();
+        let c = k.encrypt(b"glrt-123").unwrap();
         assert_eq!(k.decrypt(&c).unwrap(), b"glrt-123");
         let mut bad = c.clone();
         *bad.last_mut().unwrap() ^= 1;
         assert!(k.decrypt(&bad).is_none());
-        assert_ne!(k.keyed_hash(b"a"), SecretKey::ephemeral().keyed_hash(b"a"));
+        assert_ne!(k.keyed_hash(b"a"), SecretKey::ephemeral().unwrap().keyed_hash(b"a"));
     }
 }

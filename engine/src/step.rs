@@ -16,6 +16,7 @@ use crate::transport::{
 };
 use async_trait::async_trait;
 use serde_json::{Map, Value};
+use std::any::Any;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,6 +40,10 @@ pub enum ParamType {
     Duration,
     /// One of a fixed set of strings.
     Enum(&'static [&'static str]),
+    /// Permission bits in octal (`"0644"`, `"0o755"`; an unquoted `644` is read as octal too).
+    Mode,
+    /// An `http://` or `https://` URL.
+    Url,
     Any,
 }
 
@@ -57,6 +62,8 @@ impl fmt::Display for ParamType {
                 "one of {}",
                 v.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
             ),
+            Self::Mode => f.write_str("an octal mode such as `\"0644\"` (rw-r--r--)"),
+            Self::Url => f.write_str("an http(s) URL"),
             Self::Any => f.write_str("any value"),
         }
     }
@@ -69,6 +76,9 @@ pub struct ParamSpec {
     pub ty: ParamType,
     pub required: bool,
     pub doc: &'static str,
+    /// A secret may not be rendered into it (it ends up in a process's
+    /// argv, which every user of the machine can read): the loader refuses.
+    pub no_secrets: bool,
 }
 
 impl ParamSpec {
@@ -78,6 +88,7 @@ impl ParamSpec {
             ty,
             required: true,
             doc,
+            no_secrets: false,
         }
     }
     pub const fn opt(name: &'static str, ty: ParamType, doc: &'static str) -> Self {
@@ -86,8 +97,53 @@ impl ParamSpec {
             ty,
             required: false,
             doc,
+            no_secrets: false,
         }
     }
+
+    /// Refuse secrets in this parameter at load time (see [`ParamSpec::no_secrets`]).
+    #[must_use]
+    pub const fn no_secrets(mut self) -> Self {
+        self.no_secrets = true;
+        self
+    }
+}
+
+/// Parse permission bits written in octal (`"0644"`, `"0o755"`, `644`).
+pub fn parse_mode(text: &str) -> Result<u32, String> {
+    let text = text.trim();
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("expected an octal mode like \"0644\", got `{text}`"))
+}
+
+/// Check an `http(s)` URL: a scheme, a host, no whitespace.
+pub fn check_url(text: &str) -> Result<(), String> {
+    let rest = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+        .ok_or_else(|| format!("`{text}` is not an http(s) URL (it must start with `http://` or `https://`)"))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = host.rsplit('@').next().unwrap_or("");
+    let name = if host.starts_with('[') {
+        host.split(']').next().map_or("", |h| h.trim_start_matches('['))
+    } else {
+        host.split(':').next().unwrap_or("")
+    };
+    if name.is_empty() {
+        return Err(format!("`{text}` has no host"));
+    }
+    if text.chars().any(char::is_whitespace) {
+        return Err(format!("`{text}` contains whitespace"));
+    }
+    if let Some(port) = host.rsplit_once(':').map(|(_, p)| p).filter(|p| !p.contains(']')) {
+        if port.parse::<u16>().is_err() {
+            return Err(format!("`{text}` has an invalid port `{port}`"));
+        }
+    }
+    Ok(())
 }
 
 /// What a step kind declares about itself.
@@ -125,6 +181,50 @@ pub trait StepKind: Send + Sync {
     /// API that can answer a preview itself (`k8s_apply`'s dry-run diff).
     fn previews_in_plan(&self) -> bool {
         false
+    }
+
+    /// Check the parameters whose values contain no template, when the
+    /// workflow loads (after each was checked against its declared
+    /// [`ParamType`]): what a type cannot say, such as the shape of a
+    /// `k8s_apply` manifest. `literals` holds only those parameters; a
+    /// problem is reported at the value (or the part of it `at` names) with
+    /// exit 2, before anything runs. The default finds nothing.
+    fn check_literals(&self, _literals: &Map<String, Value>) -> Vec<LiteralProblem> {
+        Vec::new()
+    }
+}
+
+/// A problem [`StepKind::check_literals`] found in a literal parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiteralProblem {
+    pub param: String,
+    /// Where inside the value: list indices and mapping keys from its top
+    /// (empty: the value itself).
+    pub at: Vec<ValuePath>,
+    pub message: String,
+}
+
+/// One step into a parameter's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValuePath {
+    Index(usize),
+    Key(String),
+}
+
+impl LiteralProblem {
+    pub fn new(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            param: param.into(),
+            at: Vec::new(),
+            message: message.into(),
+        }
+    }
+
+    /// The problem is in one part of the value.
+    #[must_use]
+    pub fn within(mut self, part: ValuePath) -> Self {
+        self.at.push(part);
+        self
     }
 }
 
@@ -168,7 +268,7 @@ pub enum Check {
 }
 
 /// A change that a check found necessary.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Pending {
     /// One line: what would change ("create /etc/x", "install docker.io").
     pub summary: String,
@@ -176,6 +276,21 @@ pub struct Pending {
     pub diff: Option<String>,
     /// Outputs known without applying (reported in `--check` mode).
     pub outputs: Outputs,
+    /// What the check observed (a stat, a file's content, an API object),
+    /// handed to this instance's `apply` so it need not observe again: a
+    /// value of the step's own type, taken back with [`Pending::observed`].
+    pub observation: Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl fmt::Debug for Pending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pending")
+            .field("summary", &self.summary)
+            .field("diff", &self.diff)
+            .field("outputs", &self.outputs)
+            .field("observation", &self.observation.as_ref().map(|_| ".."))
+            .finish()
+    }
 }
 
 impl Pending {
@@ -189,6 +304,26 @@ impl Pending {
     pub fn with_diff(mut self, diff: impl Into<String>) -> Self {
         self.diff = Some(diff.into());
         self
+    }
+
+    /// Carry what the check observed to `apply`.
+    #[must_use]
+    pub fn with_observation<T: Any + Send + Sync>(mut self, observed: T) -> Self {
+        self.observation = Some(Box::new(observed));
+        self
+    }
+
+    /// Take what the check observed, if it is a `T` (`None` when the check
+    /// carried nothing or something else).
+    pub fn observed<T: Any + Send + Sync>(&mut self) -> Option<T> {
+        let boxed = self.observation.take()?;
+        match boxed.downcast::<T>() {
+            Ok(t) => Some(*t),
+            Err(other) => {
+                self.observation = Some(other);
+                None
+            }
+        }
     }
 }
 
@@ -351,7 +486,9 @@ impl StepContext {
             }
             Some(data) => {
                 let mut r = [0u8; 8];
-                let _ = getrandom::fill(&mut r);
+                // A guessable name for a file holding a secret is not acceptable.
+                getrandom::fill(&mut r)
+                    .map_err(|e| StepError::failed(format!("no randomness for a private script file: {e}")))?;
                 let path = format!("/tmp/.flowrun-{}.sh", crate::transport::local::hex(&r));
                 let attrs = FileAttrs {
                     mode: Some(0o600),
@@ -428,5 +565,22 @@ impl StepContext {
     /// Register a value (e.g. a token an API returned) as a secret from now on.
     pub fn add_secret(&self, value: &str) {
         self.masker.add(value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pending_change_carries_what_the_check_observed_to_apply() {
+        #[derive(Debug, PartialEq)]
+        struct Seen(u32);
+        let mut p = Pending::new("write").with_observation(Seen(7));
+        assert!(p.observed::<String>().is_none(), "another type is not taken");
+        assert_eq!(p.observed::<Seen>(), Some(Seen(7)));
+        assert!(p.observed::<Seen>().is_none(), "taken once");
+        assert!(Pending::new("x").observed::<Seen>().is_none());
+        assert!(format!("{:?}", Pending::new("x").with_observation(1u8)).contains("observation: Some"));
     }
 }

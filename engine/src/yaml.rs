@@ -126,9 +126,28 @@ pub fn parse(source: &Arc<Source>) -> Result<Yaml, Diagnostic> {
                 .split_once(": ")
                 .filter(|(head, _)| head.starts_with("line "))
                 .map_or(first, |(_, m)| m);
-            Err(Diagnostic::at(source, pos, format!("invalid YAML: {msg}")))
+            let pos = if msg.contains("tab") {
+                tab_near(&source.text, pos)
+            } else {
+                pos
+            };
+            Err(Diagnostic::at(source, pos, format!("invalid YAML: {msg}"))
+                .help("YAML indents with spaces; a tab is allowed only inside quoted strings"))
         }
     }
+}
+
+/// Where the tab is that a tab error is about: the parser reports where the
+/// token it was reading began (possibly the line before), not the tab.
+fn tab_near(text: &str, reported: Pos) -> Pos {
+    let first = reported.line.saturating_sub(1) as usize;
+    for (i, line) in text.lines().enumerate().skip(first).take(3) {
+        if let Some(col) = line.chars().position(|c| c == '\t') {
+            let line = u32::try_from(i + 1).unwrap_or(reported.line);
+            return Pos::new(line, u32::try_from(col + 1).unwrap_or(1));
+        }
+    }
+    reported
 }
 
 fn pos_of(loc: &Location, len: u32) -> Pos {
@@ -261,6 +280,14 @@ mod tests {
         let e = parse(&src("a: [1, 2\nb: 3\n")).unwrap_err();
         assert_eq!(e.pos.unwrap().line, 2);
         assert!(e.message.starts_with("invalid YAML"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_tab_error_points_at_the_tab() {
+        let e = parse(&src("steps:\n  - id: a\n\tuses: command\n")).unwrap_err();
+        assert_eq!(e.pos.map(|p| (p.line, p.col)), Some((3, 1)), "{e}");
+        let e = parse(&src("a:\n  b:\n\t  c: 1\n")).unwrap_err();
+        assert_eq!(e.pos.map(|p| (p.line, p.col)), Some((3, 1)), "{e}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::exit::ExitStatus;
 use crate::load::{registry, Loaded};
 use flowrun_engine::exec::{self, RunOptions};
 use flowrun_engine::journal::Location;
-use flowrun_engine::secrets::{self, Masker, SecretKey};
+use flowrun_engine::secrets::{Masker, SecretKey};
 use std::collections::HashMap;
 
 pub fn plan(arg: &str, common: &Common) -> Result<ExitStatus, Error> {
@@ -19,7 +19,7 @@ pub fn plan(arg: &str, common: &Common) -> Result<ExitStatus, Error> {
     let plan = loaded.plan(common.limit.as_deref())?;
     let masker = Masker::global();
     // Secrets are only needed to predict fingerprints; without them, say "unknown".
-    let secret_values = secrets::resolve(&loaded.workflow.secrets, &masker).ok();
+    let secret_values = flowrun_engine::model::secret::resolve(&loaded.workflow.secrets, &masker).ok();
     let location = crate::journal::location(&common.journal)?;
     // A journal file that does not exist yet predicts nothing (and is not created).
     let exists = match &location {
@@ -42,7 +42,7 @@ pub fn plan(arg: &str, common: &Common) -> Result<ExitStatus, Error> {
         }
         // No journal yet: everything would run; previews still show what.
         (Some(sv), false) => {
-            let key = SecretKey::ephemeral();
+            let key = SecretKey::ephemeral().map_err(|e| Error::io("a key for the previews", e))?;
             let (_, candidates) = exec::predict_with_previews(&plan, &HashMap::new(), &opts, sv, &key, &masker);
             (None, candidates)
         }

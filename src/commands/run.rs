@@ -9,7 +9,7 @@ use crate::output::lines::LinePrinter;
 use flowrun_engine::exec::{self, RunEnv, RunError, RunOptions};
 use flowrun_engine::pool::Pool;
 use flowrun_engine::report::{Outcome, RunReport};
-use flowrun_engine::secrets::{self, Masker};
+use flowrun_engine::secrets::Masker;
 use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
@@ -30,7 +30,7 @@ pub fn run(args: &RunArgs, quiet: bool) -> Result<ExitStatus, Error> {
     let loaded = Loaded::load(&args.workflow, &args.common, &registry)?;
     let plan = Arc::new(loaded.plan(args.common.limit.as_deref())?);
     let masker = Masker::global();
-    let secret_values = secrets::resolve(&loaded.workflow.secrets, &masker)?;
+    let secret_values = flowrun_engine::model::secret::resolve(&loaded.workflow.secrets, &masker)?;
     let (journal, key) = crate::journal::open(&args.common.journal)?;
     let opts = RunOptions {
         check: args.check,

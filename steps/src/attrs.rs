@@ -9,7 +9,7 @@ use flowrun_engine::transport::{quote, FileAttrs, FileStat};
 
 pub const MODE: ParamSpec = ParamSpec::opt(
     "mode",
-    ParamType::Str,
+    ParamType::Mode,
     "permission bits in octal, e.g. \"0644\" (quote it in YAML)",
 );
 pub const OWNER: ParamSpec = ParamSpec::opt("owner", ParamType::Str, "user owning the file (name or numeric id)");

@@ -24,8 +24,9 @@ static INFO: KindInfo = KindInfo {
         ParamSpec::opt(
             "argv",
             ParamType::StrList,
-            "program and arguments, run without a shell (e.g. [systemctl, daemon-reload])",
-        ),
+            "program and arguments, run without a shell (e.g. [systemctl, daemon-reload]); no secrets: pass those in `env` or `stdin`",
+        )
+        .no_secrets(),
         ParamSpec::opt(
             "shell",
             ParamType::Str,

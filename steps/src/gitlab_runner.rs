@@ -26,7 +26,7 @@ static INFO: KindInfo = KindInfo {
     params: &[
         ParamSpec::req(
             "api_url",
-            ParamType::Str,
+            ParamType::Url,
             "the GitLab base URL (`https://gitlab.example.com`)",
         ),
         ParamSpec::req(

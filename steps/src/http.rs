@@ -32,7 +32,7 @@ static INFO: KindInfo = KindInfo {
           Not journaled by default, so a health check is fresh on every run: set `journal: true` on a step whose \
           request must be sent only once",
     params: &[
-        ParamSpec::req("url", ParamType::Str, "the http(s) URL"),
+        ParamSpec::req("url", ParamType::Url, "the http(s) URL"),
         ParamSpec::opt("method", ParamType::Str, "the request method (default GET)"),
         ParamSpec::opt("headers", ParamType::Map, "request headers, Name: value"),
         ParamSpec::opt("body", ParamType::Str, "the request body, as text"),

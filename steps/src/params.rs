@@ -155,12 +155,10 @@ impl<'a> Params<'a> {
                 ))
             }
         };
-        let digits = text.strip_prefix("0o").unwrap_or(&text);
-        u32::from_str_radix(digits, 8)
-            .ok()
-            .filter(|m| *m <= 0o7777)
+        // The loader checks literal modes by the same rule.
+        flowrun_engine::step::parse_mode(&text)
             .map(Some)
-            .ok_or_else(|| StepError::param(name, format!("expected an octal mode like \"0644\", got `{text}`")))
+            .map_err(|e| StepError::param(name, e))
     }
 
     /// One of `choices`, or `default` when absent.

@@ -34,7 +34,7 @@ static INFO: KindInfo = KindInfo {
         ),
         ParamSpec::opt(
             "url",
-            ParamType::Str,
+            ParamType::Url,
             "an http(s) URL to GET until it answers a status below 400 (or `status`)",
         ),
         ParamSpec::opt("status", ParamType::Int, "with `url`: the status to wait for"),

@@ -75,7 +75,17 @@ impl RunContext {
         let text = Value::Object(outputs.clone()).to_string();
         let secret = !step.kind.info().secret_outputs.is_empty() || self.env.masker.contains_secret(&text);
         let (plain, encrypted) = if secret {
-            (None, Some(self.env.key.encrypt(text.as_bytes())))
+            match self.env.key.encrypt(text.as_bytes()) {
+                Ok(sealed) => (None, Some(sealed)),
+                Err(e) => {
+                    // Not recorded: the next run does the instance again.
+                    tracing::error!(
+                        "step `{}`: its outputs cannot be encrypted ({e}); not journaled",
+                        step.id
+                    );
+                    return;
+                }
+            }
         } else {
             (Some(text), None)
         };

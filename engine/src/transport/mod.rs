@@ -14,9 +14,16 @@ use std::time::Duration;
 
 pub use shell::quote;
 
+/// Opens remote connections (SSH in practice; tests may plug in others).
+/// The run's connection pool holds one and asks it per host.
+#[async_trait]
+pub trait Connector: Send + Sync {
+    async fn connect(&self, host: &crate::host::Host) -> Result<std::sync::Arc<dyn Transport>, TransportError>;
+}
+
 /// The connector for remote hosts: SSH, with a private socket directory for
 /// the run. `None` only when that directory cannot be created.
-pub fn default_connector() -> Option<std::sync::Arc<dyn crate::pool::Connector>> {
+pub fn default_connector() -> Option<std::sync::Arc<dyn Connector>> {
     match ssh::SshConnector::with_private_control_dir() {
         Ok(c) => Some(std::sync::Arc::new(c)),
         Err(e) => {

@@ -39,7 +39,7 @@ static INFO: KindInfo = KindInfo {
     params: &[
         ParamSpec::opt(
             "api_url",
-            ParamType::Str,
+            ParamType::Url,
             "the API's URL (default `https://api.github.com`; GitHub Enterprise Server: `https://HOST/api/v3`)",
         ),
         ParamSpec::req(

@@ -274,8 +274,8 @@ impl Select {
         }
         Ok(Check::Drift(Pending {
             summary,
-            diff: None,
             outputs,
+            ..Pending::default()
         }))
     }
 

@@ -173,6 +173,11 @@ async fn run(exec: &Exec, r: &Resolved) -> Result<(Credentials, Option<SystemTim
         Ok(Err(e)) => return Err(format!("cannot run the `exec` plugin `{}`: {e}", exec.command)),
         Ok(Ok(out)) => out,
     };
+    credential(exec, &out)
+}
+
+/// The ExecCredential a plugin printed (or why it is not one).
+fn credential(exec: &Exec, out: &std::process::Output) -> Result<(Credentials, Option<SystemTime>), String> {
     let masker = Masker::global();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let parsed: Option<Value> = serde_json::from_str(stdout.trim()).ok();

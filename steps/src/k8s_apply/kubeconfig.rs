@@ -239,28 +239,7 @@ pub fn load(explicit: Option<&Path>, context: Option<&str>) -> Result<Resolved, 
     let user_name = opt_str(ctx, "user").unwrap_or("");
     let (cluster, cfile) = entry(&files, "clusters", "cluster", cluster_name)
         .ok_or_else(|| format!("context `{context}` names cluster `{cluster_name}`, which {shown} does not define"))?;
-    let server = opt_str(cluster, "server")
-        .ok_or_else(|| format!("cluster `{cluster_name}` in {shown} has no `server`"))?
-        .trim_end_matches('/')
-        .to_owned();
-    if !(server.starts_with("https://") || server.starts_with("http://")) {
-        return Err(format!(
-            "cluster `{cluster_name}`: `server` must be an http(s) URL, got `{server}`"
-        ));
-    }
-    let ca = match (
-        opt_str(cluster, "certificate-authority-data"),
-        opt_str(cluster, "certificate-authority"),
-    ) {
-        (Some(d), _) => Some(Pem::Data(b64(d, "certificate-authority-data")?)),
-        (None, Some(p)) => Some(Pem::File(resolve_path(cfile, p))),
-        (None, None) => None,
-    };
-    if cluster.get("proxy-url").is_some_and(|v| !v.is_null()) {
-        return Err(format!(
-            "cluster `{cluster_name}` sets `proxy-url`, which flowrun does not support: use `HTTPS_PROXY`"
-        ));
-    }
+    let (server, ca) = server_and_ca(cluster, cfile, cluster_name, &shown)?;
     let auth = match user_name {
         "" => Auth::default(),
         u => match entry(&files, "users", "user", u) {
@@ -288,6 +267,38 @@ pub fn load(explicit: Option<&Path>, context: Option<&str>) -> Result<Resolved, 
         auth,
         cluster_info: Value::Object(cluster.clone()),
     })
+}
+
+/// A cluster's `server` URL and CA.
+fn server_and_ca(
+    cluster: &Map<String, Value>,
+    cfile: &File,
+    cluster_name: &str,
+    shown: &str,
+) -> Result<(String, Option<Pem>), String> {
+    let server = opt_str(cluster, "server")
+        .ok_or_else(|| format!("cluster `{cluster_name}` in {shown} has no `server`"))?
+        .trim_end_matches('/')
+        .to_owned();
+    if !(server.starts_with("https://") || server.starts_with("http://")) {
+        return Err(format!(
+            "cluster `{cluster_name}`: `server` must be an http(s) URL, got `{server}`"
+        ));
+    }
+    let ca = match (
+        opt_str(cluster, "certificate-authority-data"),
+        opt_str(cluster, "certificate-authority"),
+    ) {
+        (Some(d), _) => Some(Pem::Data(b64(d, "certificate-authority-data")?)),
+        (None, Some(p)) => Some(Pem::File(resolve_path(cfile, p))),
+        (None, None) => None,
+    };
+    if cluster.get("proxy-url").is_some_and(|v| !v.is_null()) {
+        return Err(format!(
+            "cluster `{cluster_name}` sets `proxy-url`, which flowrun does not support: use `HTTPS_PROXY`"
+        ));
+    }
+    Ok((server, ca))
 }
 
 fn auth(user: &Map<String, Value>, file: &File, name: &str) -> Result<Auth, String> {

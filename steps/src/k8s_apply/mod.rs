@@ -21,8 +21,8 @@ mod rollout;
 
 use crate::params::Params;
 use flowrun_engine::step::{
-    Applied, BuildContext, Check, KindInfo, Outputs, ParamSpec, ParamType, Pending, Step, StepContext, StepError,
-    StepKind,
+    Applied, BuildContext, Check, KindInfo, LiteralProblem, Outputs, ParamSpec, ParamType, Pending, Step, StepContext,
+    StepError, StepKind, ValuePath,
 };
 use manifest::Object;
 use serde_json::{json, Map, Value};
@@ -146,6 +146,33 @@ impl StepKind for K8sApplyKind {
     /// The check is a dry-run apply and reads: `plan` may show its diff.
     fn previews_in_plan(&self) -> bool {
         true
+    }
+
+    /// A literal `manifest` must hold Kubernetes objects, and a literal
+    /// `owner_label` be `KEY=VALUE`: known when the workflow loads.
+    fn check_literals(&self, literals: &Map<String, Value>) -> Vec<LiteralProblem> {
+        let mut problems = Vec::new();
+        if let Some(m) = literals.get("manifest") {
+            let item = match m {
+                Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| {
+                    manifest::parse(v, &format!("item {}", i + 1))
+                        .err()
+                        .map(|e| LiteralProblem::new("manifest", e).within(ValuePath::Index(i)))
+                }),
+                _ => None,
+            };
+            problems.extend(item.or_else(|| {
+                manifest::parse(m, "the manifest")
+                    .err()
+                    .map(|e| LiteralProblem::new("manifest", e))
+            }));
+        }
+        if let Some(Value::String(text)) = literals.get("owner_label") {
+            if let Err(e) = owner_label(text) {
+                problems.push(LiteralProblem::new("owner_label", e.message));
+            }
+        }
+        problems
     }
 
     fn build(&self, params: &Map<String, Value>, cx: &BuildContext<'_>) -> Result<Box<dyn Step>, StepError> {

@@ -27,7 +27,7 @@ static INFO: KindInfo = KindInfo {
     version: 1,
     doc: "A Proxmox VE VM cloned from a template, configured, powered on or off, or destroyed; reports its IP",
     params: &[
-        ParamSpec::req("api_url", ParamType::Str, "the API's address, `https://HOST:8006`"),
+        ParamSpec::req("api_url", ParamType::Url, "the API's address, `https://HOST:8006`"),
         ParamSpec::req("token_id", ParamType::Str, "the API token's id, `USER@REALM!NAME`"),
         ParamSpec::req("token_secret", ParamType::Str, "the API token's secret (a secret)"),
         ParamSpec::opt(

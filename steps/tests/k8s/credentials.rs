@@ -178,3 +178,26 @@ async fn exec_plugin_failures_say_what_to_do() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn certificates_are_verified_unless_the_kubeconfig_says_insecure() {
+    let f = Fixture::new().await;
+    let base = f
+        .kube
+        .kubeconfig(&Credential::Token(f.kube.admin_token().into()), Some(NS));
+    let mut doc: Value = serde_json::from_str(&base).unwrap();
+    doc["clusters"][0]["cluster"]
+        .as_object_mut()
+        .unwrap()
+        .remove("certificate-authority-data");
+    let p = f.dir.path().join("no-ca");
+    std::fs::write(&p, doc.to_string()).unwrap();
+    f.kube.clear_requests();
+    let e = apply_with(&p, "a").await.unwrap_err();
+    assert!(e.contains("certificate"), "{e}");
+    assert!(!e.contains("gave up after"), "a certificate error is not retried: {e}");
+    doc["clusters"][0]["cluster"]["insecure-skip-tls-verify"] = json!(true);
+    let p = f.dir.path().join("insecure");
+    std::fs::write(&p, doc.to_string()).unwrap();
+    assert!(apply_with(&p, "b").await.unwrap());
+}

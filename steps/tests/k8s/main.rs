@@ -7,6 +7,7 @@ mod apply;
 mod credentials;
 mod errors;
 mod shipped;
+mod standin;
 
 use flowrun_engine::step::{Check, Step, StepContext};
 use flowrun_lab::emulators::kube::{Credential, KubeEmulator};

@@ -4,8 +4,7 @@
 
 use super::{SshOptions, SshTransport};
 use crate::host::Host;
-use crate::pool::Connector;
-use crate::transport::{Transport, TransportError};
+use crate::transport::{Connector, Transport, TransportError};
 use async_trait::async_trait;
 use std::sync::Arc;
 

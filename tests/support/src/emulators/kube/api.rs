@@ -95,6 +95,21 @@ fn target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
     }
 }
 
+/// Discovery and OpenAPI documents: `Some(None)` for a discovery path with nothing there.
+fn discovery(req: &Request, segs: &[&str]) -> Option<Option<Value>> {
+    Some(match segs {
+        ["api"] => Some(resources::core_versions(req.header("host").unwrap_or("127.0.0.1"))),
+        ["apis"] => Some(resources::group_list()),
+        ["apis", "apps"] => Some(resources::group("apps")),
+        ["api", v] => resources::resource_list("", v),
+        ["apis", "apps", v] => resources::resource_list("apps", v),
+        ["openapi", "v3"] => Some(resources::openapi_root()),
+        ["openapi", "v3", "api", v] => resources::openapi_group_version("", v),
+        ["openapi", "v3", "apis", g, v] => resources::openapi_group_version(g, v),
+        _ => return None,
+    })
+}
+
 /// `dryRun`, `fieldManager`, `force` and the other query parameters.
 struct Query(BTreeMap<String, String>);
 
@@ -145,27 +160,10 @@ impl Api {
     fn route(&self, req: &Request, user: &User, q: &Query) -> Result<(u16, Value), Failure> {
         let segs = req.segments();
         let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+        if let Some(doc) = discovery(req, &segs) {
+            return doc.map(|d| (200, d)).ok_or_else(status::no_route);
+        }
         let (group, version, rest) = match segs.as_slice() {
-            ["api"] => return Ok((200, resources::core_versions(req.header("host").unwrap_or("127.0.0.1")))),
-            ["apis"] => return Ok((200, resources::group_list())),
-            ["openapi", "v3"] => return Ok((200, resources::openapi_root())),
-            ["openapi", "v3", "api", v] => {
-                return resources::openapi_group_version("", v)
-                    .map(|d| (200, d))
-                    .ok_or_else(status::no_route)
-            }
-            ["openapi", "v3", "apis", g, v] => {
-                return resources::openapi_group_version(g, v)
-                    .map(|d| (200, d))
-                    .ok_or_else(status::no_route)
-            }
-            ["apis", "apps"] => return Ok((200, resources::group("apps"))),
-            ["api", v] | ["apis", "apps", v] => {
-                let g = if segs[0] == "api" { "" } else { "apps" };
-                return resources::resource_list(g, v)
-                    .map(|l| (200, l))
-                    .ok_or_else(status::no_route);
-            }
             ["api", v, rest @ ..] => ("", *v, rest),
             ["apis", g, v, rest @ ..] => (*g, *v, rest),
             _ => return Err(status::no_route()),

@@ -54,80 +54,89 @@ pub fn tick(state: &mut State) {
         .cloned()
         .collect();
     for key in keys {
-        let rollout = state.rollout;
-        let never = state.never_available.contains("*") || state.never_available.contains(&key.2);
-        let Some(stored) = state.objects.get_mut(&key) else {
-            continue;
-        };
-        if stored.settled == Some(never) || stored.value["spec"]["paused"] == json!(true) {
-            continue;
-        }
-        if stored.settled.is_none() && stored.next_check.is_some_and(|t| now < t) {
-            continue;
-        }
-        let elapsed = now.saturating_duration_since(stored.spec_changed);
-        // The controller observes a change after a quarter of the rollout time.
-        if elapsed < rollout / 4 {
-            stored.next_check = Some(stored.spec_changed + rollout / 4);
-            continue;
-        }
-        let template = stored.value["spec"]["template"].clone();
-        if stored.template != template {
-            stored.revision += 1;
-            stored.template = template.clone();
-        }
-        let name = key.2.clone();
-        let rs = format!("{name}-{}", template_hash(&template));
-        let deadline = Duration::from_secs(stored.value["spec"]["progressDeadlineSeconds"].as_u64().unwrap_or(600));
-        let terminal = if never { elapsed >= deadline } else { elapsed >= rollout };
-        // The next moment the status can change: the rollout's end, or the deadline.
-        stored.next_check = Some(stored.spec_changed + if never { deadline } else { rollout });
-        let mut status = desired(&stored.value, &rs, never, elapsed, rollout);
-        // Keep condition times when the condition did not change.
-        let old_status = stored.value["status"].clone();
-        for c in status["conditions"].as_array_mut().into_iter().flatten() {
-            let same = old_status["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|o| o["type"] == c["type"] && o["status"] == c["status"] && o["reason"] == c["reason"]);
-            if let Some(o) = same {
-                c["lastUpdateTime"] = o["lastUpdateTime"].clone();
-                c["lastTransitionTime"] = o["lastTransitionTime"].clone();
-            }
-        }
-        let revision = stored.revision.to_string();
-        let annotation = stored.value["metadata"]["annotations"][REVISION].as_str() == Some(revision.as_str());
-        if old_status == status && annotation {
-            if terminal {
-                stored.settled = Some(never);
-            }
-            continue;
-        }
-        let mut new = stored.value.clone();
-        new["status"] = status;
-        if !new["metadata"]["annotations"].is_object() {
-            new["metadata"]["annotations"] = json!({});
-        }
-        new["metadata"]["annotations"][REVISION] = json!(revision);
-        let Ok(outcome) = ssa::update(
-            Some((&stored.value, &stored.entries)),
-            new,
-            super::schema::Ty::Struct("Deployment"),
-            MANAGER,
-            "apps/v1",
-            Some("status"),
-            &now_text(),
-        ) else {
-            continue;
-        };
-        state.rv += 1;
-        let stored = state.objects.get_mut(&key).expect("still there");
-        stored.value = outcome.object;
-        stored.value["metadata"]["resourceVersion"] = json!(state.rv.to_string());
-        stored.entries = outcome.entries;
+        advance(state, &key, now);
+    }
+}
+
+/// Move one Deployment's status to where its rollout stands at `now`.
+fn advance(state: &mut State, key: &super::store::Key, now: Instant) {
+    let rollout = state.rollout;
+    let never = state.never_available.contains("*") || state.never_available.contains(&key.2);
+    let Some(stored) = state.objects.get_mut(key) else {
+        return;
+    };
+    if stored.settled == Some(never) || stored.value["spec"]["paused"] == json!(true) {
+        return;
+    }
+    if stored.settled.is_none() && stored.next_check.is_some_and(|t| now < t) {
+        return;
+    }
+    let elapsed = now.saturating_duration_since(stored.spec_changed);
+    // The controller observes a change after a quarter of the rollout time.
+    if elapsed < rollout / 4 {
+        stored.next_check = Some(stored.spec_changed + rollout / 4);
+        return;
+    }
+    let template = stored.value["spec"]["template"].clone();
+    if stored.template != template {
+        stored.revision += 1;
+        stored.template = template.clone();
+    }
+    let name = key.2.clone();
+    let rs = format!("{name}-{}", template_hash(&template));
+    let deadline = Duration::from_secs(stored.value["spec"]["progressDeadlineSeconds"].as_u64().unwrap_or(600));
+    let terminal = if never { elapsed >= deadline } else { elapsed >= rollout };
+    // The next moment the status can change: the rollout's end, or the deadline.
+    stored.next_check = Some(stored.spec_changed + if never { deadline } else { rollout });
+    let mut status = desired(&stored.value, &rs, never, elapsed, rollout);
+    let old_status = stored.value["status"].clone();
+    keep_condition_times(&mut status, &old_status);
+    let revision = stored.revision.to_string();
+    let annotation = stored.value["metadata"]["annotations"][REVISION].as_str() == Some(revision.as_str());
+    if old_status == status && annotation {
         if terminal {
             stored.settled = Some(never);
+        }
+        return;
+    }
+    let mut new = stored.value.clone();
+    new["status"] = status;
+    if !new["metadata"]["annotations"].is_object() {
+        new["metadata"]["annotations"] = json!({});
+    }
+    new["metadata"]["annotations"][REVISION] = json!(revision);
+    let Ok(outcome) = ssa::update(
+        Some((&stored.value, &stored.entries)),
+        new,
+        super::schema::Ty::Struct("Deployment"),
+        MANAGER,
+        "apps/v1",
+        Some("status"),
+        &now_text(),
+    ) else {
+        return;
+    };
+    state.rv += 1;
+    let stored = state.objects.get_mut(key).expect("still there");
+    stored.value = outcome.object;
+    stored.value["metadata"]["resourceVersion"] = json!(state.rv.to_string());
+    stored.entries = outcome.entries;
+    if terminal {
+        stored.settled = Some(never);
+    }
+}
+
+/// Keep a condition's times when it did not change (type, status, reason).
+fn keep_condition_times(status: &mut Value, old: &Value) {
+    for c in status["conditions"].as_array_mut().into_iter().flatten() {
+        let same = old["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|o| o["type"] == c["type"] && o["status"] == c["status"] && o["reason"] == c["reason"]);
+        if let Some(o) = same {
+            c["lastUpdateTime"] = o["lastUpdateTime"].clone();
+            c["lastTransitionTime"] = o["lastTransitionTime"].clone();
         }
     }
 }

@@ -279,37 +279,7 @@ impl State {
         entries: Vec<Entry>,
     ) -> Result<(u16, Value), Failure> {
         let old = live.as_ref().map(|l| &l.value);
-        {
-            let meta = obj["metadata"]
-                .as_object_mut()
-                .ok_or_else(|| status::bad_request("metadata: expected an object"))?;
-            meta.insert("name".into(), json!(w.name));
-            if w.res.namespaced {
-                meta.insert("namespace".into(), json!(w.ns));
-            }
-            for k in ["uid", "creationTimestamp", "resourceVersion", "generation"] {
-                match old.map(|o| &o["metadata"][k]).filter(|v| !v.is_null()) {
-                    Some(v) => {
-                        meta.insert(k.into(), v.clone());
-                    }
-                    None => {
-                        meta.remove(k);
-                    }
-                }
-            }
-            if old.is_none() {
-                meta.insert("uid".into(), json!(super::super::random_uuid()));
-                meta.insert("creationTimestamp".into(), json!(now_text()));
-            }
-        }
-        if w.res.status {
-            match old.map(|o| o["status"].clone()).filter(|s| !s.is_null()) {
-                Some(s) => obj["status"] = s,
-                None => {
-                    obj.as_object_mut().map(|o| o.remove("status"));
-                }
-            }
-        }
+        server_set(w, old, &mut obj)?;
         let causes = validate::validate(w.res.kind, &obj, old);
         if !causes.is_empty() {
             return Err(status::invalid(w.res.kind, w.res.group, w.name, &causes));
@@ -377,6 +347,42 @@ impl State {
         }
         Ok(status::success(w.res, w.name, &uid))
     }
+}
+
+/// Name, namespace and the fields only the server sets (kept from the stored object, or new), and status (a reset field).
+fn server_set(w: &Write<'_>, old: Option<&Value>, obj: &mut Value) -> Result<(), Failure> {
+    {
+        let meta = obj["metadata"]
+            .as_object_mut()
+            .ok_or_else(|| status::bad_request("metadata: expected an object"))?;
+        meta.insert("name".into(), json!(w.name));
+        if w.res.namespaced {
+            meta.insert("namespace".into(), json!(w.ns));
+        }
+        for k in ["uid", "creationTimestamp", "resourceVersion", "generation"] {
+            match old.map(|o| &o["metadata"][k]).filter(|v| !v.is_null()) {
+                Some(v) => {
+                    meta.insert(k.into(), v.clone());
+                }
+                None => {
+                    meta.remove(k);
+                }
+            }
+        }
+        if old.is_none() {
+            meta.insert("uid".into(), json!(super::super::random_uuid()));
+            meta.insert("creationTimestamp".into(), json!(now_text()));
+        }
+    }
+    if w.res.status {
+        match old.map(|o| o["status"].clone()).filter(|s| !s.is_null()) {
+            Some(s) => obj["status"] = s,
+            None => {
+                obj.as_object_mut().map(|o| o.remove("status"));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn modified(w: &Write<'_>) -> Failure {

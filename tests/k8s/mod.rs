@@ -1,13 +1,17 @@
 //! The shipped `deploy-github-runner-k8s` workflow end to end against the
 //! Kubernetes API server stand-in, and the stand-in held to the real client:
-//! `kubectl` applies, reads and diffs against it as against a cluster.
+//! `kubectl` applies, reads and diffs against it as against a cluster
+//! (kubectl.rs).
 //! Requests are counted at the stand-in, so "changes nothing" means no write
 //! reached it and "from the journal" means no request at all.
 
+mod kubectl;
+
 use crate::harness::{Ran, Sandbox};
 use flowrun_lab::emulators::kube::{Credential, KubeEmulator};
+use kubectl::{kubectl, kubectl_run};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 const NS: &str = "my-reforge-ai";
@@ -104,29 +108,6 @@ impl Cluster {
     }
 }
 
-/// `kubectl` when installed (v1.32 here); tests that need it say when they skip.
-fn kubectl() -> Option<PathBuf> {
-    ["/usr/bin/kubectl", "/usr/local/bin/kubectl"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-}
-
-fn kubectl_run(kubectl: &Path, kubeconfig: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(kubectl)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .env_remove("KUBECONFIG")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// Apply the hand-written live footprint as `kubectl` would (with kubectl when installed).
 fn apply_footprint_as_kubectl(c: &Cluster) {
     let file = root().join("tests/data/k8s/footprint.yaml");
@@ -207,7 +188,7 @@ fn existing_footprint_from_another_manager_shows_no_drift_and_run_writes_nothing
 }
 
 #[test]
-fn image_change_previews_that_field_applies_waits_then_comes_from_the_journal() {
+fn an_image_change_previews_that_field_then_applies_and_waits() {
     let c = Cluster::new();
     c.run(&[], 0);
     c.inventory(|t| t.replace("codex-runner:1.0.0", "codex-runner:1.1.0"));
@@ -273,6 +254,12 @@ fn image_change_previews_that_field_applies_waits_then_comes_from_the_journal() 
         "only the changed Deployment is applied: {:?}",
         writes(&c)
     );
+}
+
+#[test]
+fn a_re_run_comes_from_the_journal_without_a_request_and_verify_only_reads() {
+    let c = Cluster::new();
+    c.run(&[], 0);
     c.kube.clear_requests();
     let r = c.run(&["--output", "json"], 0);
     assert_eq!(step(&r)["status"], "ok");
@@ -512,11 +499,6 @@ fn bad_input_is_named() {
             with:
               kubeconfig: "{{kubeconfig}}"
               manifest: {apiVersion: example.com/v1, kind: Foo, metadata: {name: x}}
-          - id: not-an-object
-            uses: k8s_apply
-            with:
-              kubeconfig: "{{kubeconfig}}"
-              manifest: [42]
         "#,
     );
     let r = c.flowrun(&["run", "kinds.yml"], 1);
@@ -525,102 +507,22 @@ fn bad_input_is_named() {
         "{}",
         r.stdout
     );
-    assert!(
-        r.stdout.contains("manifest, item 1 is a number, not an object"),
-        "{}",
-        r.stdout
+    // A literal manifest that holds no object is known when the workflow
+    // loads: exit 2 at the item, nothing run (it was a run-time failure).
+    c.sb.write(
+        "literal.yml",
+        r#"
+        steps:
+          - id: not-an-object
+            uses: k8s_apply
+            with:
+              kubeconfig: "{{kubeconfig}}"
+              manifest: [42]
+        "#,
     );
-}
-
-/// The stand-in held to the real client: what kubectl does against it is
-/// what it does against a cluster.
-#[test]
-fn kubectl_applies_reads_and_diffs_against_the_stand_in() {
-    let Some(k) = kubectl() else {
-        eprintln!("skipped: kubectl is not installed");
-        return;
-    };
-    let c = Cluster::new();
-    let file = root().join("tests/data/k8s/footprint.yaml");
-    let f = file.to_str().unwrap();
-    let kc = &c.kubeconfig;
-    let (code, out, err) = kubectl_run(&k, kc, &["apply", "--server-side", "-f", f]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(
-        out.contains("deployment.apps/codex-gh-runner serverside-applied"),
-        "{out}"
-    );
-    let (code, out, _) = kubectl_run(&k, kc, &["apply", "--server-side", "-f", f]);
-    assert_eq!(code, 0);
-    assert!(
-        out.contains("deployment.apps/codex-gh-runner serverside-applied"),
-        "{out}"
-    );
-    let (code, yaml, err) = kubectl_run(
-        &k,
-        kc,
-        &["get", "deployment", "codex-gh-runner", "-n", NS, "-o", "yaml"],
-    );
-    assert_eq!(code, 0, "{err}");
-    let live: Value = serde_saphyr::from_str(&yaml).unwrap();
-    assert_eq!(live["metadata"]["generation"], 1, "a no-op re-apply changes nothing");
-    assert_eq!(
-        live["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"],
-        "500m"
-    );
-    assert_eq!(
-        live["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"],
-        "4Gi"
-    );
-    assert_eq!(live["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
-    assert_eq!(live["spec"]["template"]["spec"]["dnsPolicy"], "ClusterFirst");
-    assert!(
-        live["metadata"].get("managedFields").is_none(),
-        "kubectl hides managedFields"
-    );
-    let (code, out, err) = kubectl_run(&k, kc, &["diff", "--server-side", "-f", f]);
-    assert_eq!(code, 0, "no differences: {out}{err}");
-    let changed = c.sb.write(
-        "changed.yaml",
-        &std::fs::read_to_string(&file)
-            .unwrap()
-            .replace("codex-runner:1.0.0", "codex-runner:2.0.0"),
-    );
-    let (code, out, err) = kubectl_run(&k, kc, &["diff", "--server-side", "-f", changed.to_str().unwrap()]);
-    assert_eq!(code, 1, "differences: {out}{err}");
-    assert!(
-        out.contains("-        image: ghcr.io/OWNER/codex-runner:1.0.0")
-            && out.contains("+        image: ghcr.io/OWNER/codex-runner:2.0.0"),
-        "{out}"
-    );
-    assert!(
-        c.kube
-            .writes()
-            .iter()
-            .all(|w| !w.path.contains("deployments") || w.query.contains("fieldValidation")),
-        "diff wrote nothing"
-    );
-    // Another manager changing an owned field conflicts, as on a cluster.
-    let (code, _, err) = kubectl_run(
-        &k,
-        kc,
-        &[
-            "apply",
-            "--server-side",
-            "--field-manager=other",
-            "-f",
-            changed.to_str().unwrap(),
-        ],
-    );
-    assert_ne!(code, 0);
-    assert!(
-        err.contains("conflict with \"kubectl\"")
-            && err.contains(".spec.template.spec.containers[name=\"runner\"].image"),
-        "{err}"
-    );
-    let (code, out, err) = kubectl_run(&k, kc, &["get", "deployment", "nope", "-n", NS]);
-    assert_eq!(code, 1);
-    assert!(err.contains("deployments.apps \"nope\" not found"), "{out}{err}");
+    let r = c.flowrun(&["run", "literal.yml"], 2);
+    assert!(r.stderr.contains("literal.yml:6:18"), "{}", r.stderr);
+    assert!(r.stderr.contains("item 1 is a number, not an object"), "{}", r.stderr);
 }
 
 #[test]

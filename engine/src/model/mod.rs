@@ -1,5 +1,11 @@
 //! The checked workflow model. Only the loader builds these, after every
 //! check passed, so the planner and executor never see an invalid workflow.
+//! Secrets are declared here too (`secret`): where each comes from and how
+//! it is resolved, beside the workflow that declares them.
+
+pub mod secret;
+
+pub use secret::{SecretDef, SecretSource};
 
 use crate::diag::Pos;
 use crate::step::StepKind;
@@ -56,26 +62,6 @@ impl Workflow {
             })
             .collect()
     }
-}
-
-/// One place a secret's value may come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecretSource {
-    Env(String),
-    /// A path as written: `~` and `$VAR` are expanded when the secret is resolved.
-    File(String),
-    Command(String),
-}
-
-/// A secret: its sources in the order they are tried (the first that is
-/// set wins), and whether none being set is fine (the value is then empty).
-#[derive(Debug, Clone)]
-pub struct SecretDef {
-    pub name: String,
-    pub sources: Vec<SecretSource>,
-    pub optional: bool,
-    pub file: PathBuf,
-    pub pos: Pos,
 }
 
 /// `retry`: how often and how patiently an instance is tried again.

@@ -13,9 +13,31 @@
 //! `optional: true` makes "none is set" an empty value instead of an error,
 //! whose message names every source tried and why it was not used.
 
+use crate::diag::Pos;
 use crate::diag::{suggest, Diagnostic, Diagnostics, Source};
-use crate::model::{SecretDef, SecretSource};
+use crate::secrets::Masker;
 use crate::yaml::{Key, YValue, Yaml};
+use std::path::{Path, PathBuf};
+
+/// One place a secret's value may come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Env(String),
+    /// A path as written: `~` and `$VAR` are expanded when the secret is resolved.
+    File(String),
+    Command(String),
+}
+
+/// A secret: its sources in the order they are tried (the first that is
+/// set wins), and whether none being set is fine (the value is then empty).
+#[derive(Debug, Clone)]
+pub struct SecretDef {
+    pub name: String,
+    pub sources: Vec<SecretSource>,
+    pub optional: bool,
+    pub file: PathBuf,
+    pub pos: Pos,
+}
 
 const MAP_KEYS: &[&str] = &["env", "file", "command", "from", "optional"];
 const SOURCE_KEYS: &[&str] = &["env", "file", "command"];
@@ -23,6 +45,59 @@ const SOURCE_KEYS: &[&str] = &["env", "file", "command"];
 fn help() -> &'static str {
     "write `{ env: VAR }`, `{ file: PATH }`, `{ command: \"...\" }`, several of them (tried env, file, command), \
      or a list of them in the order to try; add `optional: true` when none set is fine"
+}
+
+/// Resolve every secret a workflow declares, registering each value with the
+/// masker. A required secret that none of its sources sets is an error that
+/// points at the declaration and names every source tried.
+pub fn resolve(
+    defs: &indexmap::IndexMap<String, SecretDef>,
+    masker: &Masker,
+) -> Result<serde_json::Map<String, serde_json::Value>, crate::diag::Diagnostics> {
+    use crate::diag::{Diagnostic, Diagnostics, Source};
+    let mut out = serde_json::Map::new();
+    let mut errs = Diagnostics::default();
+    let located = |file: &Path, pos: crate::diag::Pos, m: String| match Source::read(file) {
+        Ok(src) => Diagnostic::at(&src, pos, m),
+        Err(_) => Diagnostic::in_file(file, m),
+    };
+    for (name, def) in defs {
+        let mut tried = Vec::new();
+        let mut value = None;
+        for source in &def.sources {
+            match source.read() {
+                Found::Value(v) => {
+                    value = Some(v);
+                    break;
+                }
+                Found::NotSet(why) => tried.push(format!("{} ({why})", source.describe())),
+            }
+        }
+        match value {
+            Some(v) if v.len() < 3 => errs.push(located(
+                &def.file,
+                def.pos,
+                format!("secret `{name}` is shorter than 3 characters: too short to mask in output"),
+            )),
+            Some(v) => {
+                masker.add(&v);
+                out.insert(name.clone(), serde_json::Value::String(v));
+            }
+            // Optional and not set: empty, nothing to mask; the workflow decides.
+            None if def.optional => {
+                out.insert(name.clone(), serde_json::Value::String(String::new()));
+            }
+            None => errs.push(
+                located(
+                    &def.file,
+                    def.pos,
+                    format!("secret `{name}` is not set: tried {}", tried.join(", ")),
+                )
+                .help("set one of them, or declare the secret `optional: true` if an empty value is fine"),
+            ),
+        }
+    }
+    errs.into_result(out)
 }
 
 /// Parse a secret's declaration (the value under `secrets.NAME`).
@@ -269,4 +344,133 @@ pub fn expand_vars(text: &str) -> Result<String, String> {
     }
     out.push_str(rest);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(sources: Vec<SecretSource>, optional: bool) -> SecretDef {
+        SecretDef {
+            name: "t".into(),
+            sources,
+            optional,
+            file: "wf.yml".into(),
+            pos: crate::diag::Pos::new(1, 1),
+        }
+    }
+
+    fn one(d: SecretDef, m: &Masker) -> Result<String, String> {
+        resolve(&[("t".to_owned(), d)].into_iter().collect(), m)
+            .map(|v| v["t"].as_str().unwrap().to_owned())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_first_source_that_is_set_wins() {
+        use SecretSource::{Command, Env, File};
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("token");
+        std::fs::write(&f, "from-file\n").unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let m = Masker::default();
+        let unset = Env("FLOWRUN_TEST_SURELY_UNSET".into());
+        let file = |p: &std::path::Path| File(p.display().to_string());
+        let got = one(
+            def(
+                vec![unset.clone(), file(&empty), file(&f), Command("echo nope".into())],
+                false,
+            ),
+            &m,
+        );
+        assert_eq!(got.unwrap(), "from-file");
+        assert_eq!(m.mask("x from-file"), "x ****");
+        let got = one(
+            def(
+                vec![unset.clone(), Command("false".into()), Command("printf s3cret".into())],
+                false,
+            ),
+            &m,
+        );
+        assert_eq!(got.unwrap(), "s3cret");
+        // `$VAR` in a path: an unset variable skips the source.
+        std::env::set_var("FLOWRUN_TEST_TOKEN_DIR", dir.path());
+        let got = one(
+            def(
+                vec![
+                    File("$FLOWRUN_TEST_UNSET_DIR/token".into()),
+                    File("${FLOWRUN_TEST_TOKEN_DIR}/token".into()),
+                ],
+                false,
+            ),
+            &m,
+        );
+        assert_eq!(got.unwrap(), "from-file");
+    }
+
+    #[test]
+    fn a_missing_required_secret_names_every_source_tried() {
+        use SecretSource::{Command, Env, File};
+        let m = Masker::default();
+        let e = one(
+            def(
+                vec![
+                    Env("FLOWRUN_TEST_SURELY_UNSET".into()),
+                    File("/nonexistent/flowrun/token".into()),
+                    File("$FLOWRUN_TEST_UNSET_FILE".into()),
+                    Command("echo oops >&2; exit 4".into()),
+                ],
+                false,
+            ),
+            &m,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("secret `t` is not set: tried environment variable `FLOWRUN_TEST_SURELY_UNSET` (not set), file `/nonexistent/flowrun/token` (does not exist), file `$FLOWRUN_TEST_UNSET_FILE` (`$FLOWRUN_TEST_UNSET_FILE` is not set), command `echo oops >&2; exit 4` (exited with status 4: oops)"),
+            "{e}"
+        );
+        assert!(e.contains("optional: true"), "{e}");
+        // Optional: empty, nothing to mask.
+        assert_eq!(one(def(vec![Command("printf ''".into())], true), &m).unwrap(), "");
+        assert!(m.is_empty());
+        assert!(one(def(vec![Command("printf ab".into())], false), &m)
+            .unwrap_err()
+            .contains("shorter than 3 characters"));
+    }
+
+    #[test]
+    fn declarations_in_every_form() {
+        use SecretSource::{Command, Env, File};
+        let parse = |text: &str| {
+            let src = std::sync::Arc::new(crate::diag::Source::new("wf.yml".into(), text.to_owned()));
+            let root = crate::yaml::parse(&src).unwrap();
+            let (k, v) = &root.as_map().unwrap()[0];
+            let mut errs = crate::diag::Diagnostics::default();
+            parse_def(&src, k, v, &mut errs).ok_or_else(|| errs.to_string())
+        };
+        let d = parse("t: { file: ~/t, env: [A, B], command: pass t, optional: true }\n").unwrap();
+        assert_eq!(
+            d.sources,
+            [
+                Env("A".into()),
+                Env("B".into()),
+                File("~/t".into()),
+                Command("pass t".into())
+            ]
+        );
+        assert!(d.optional);
+        let d = parse("t:\n  - file: /f\n  - env: A\n").unwrap();
+        assert_eq!(d.sources, [File("/f".into()), Env("A".into())]);
+        assert!(!d.optional);
+        let d = parse("t: { from: [ {env: B}, {file: /g} ], optional: true }\n").unwrap();
+        assert_eq!(d.sources, [Env("B".into()), File("/g".into())]);
+        assert!(parse("t: { optional: true }\n").unwrap_err().contains("wf.yml:1:4"));
+        assert!(parse("t: { envv: A }\n").unwrap_err().contains("did you mean `env`"));
+        assert!(parse("t: [ {env: A, file: B} ]\n").unwrap_err().contains("each source"));
+        assert!(parse("t: { from: [ {env: A} ], env: B }\n")
+            .unwrap_err()
+            .contains("does not mix"));
+        assert!(parse("t: { env: \"\" }\n").unwrap_err().contains("non-empty"));
+    }
 }
