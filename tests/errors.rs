@@ -390,3 +390,37 @@ fn a_kind_checks_its_own_literal_parameters() {
         "has no `metadata.name`",
     );
 }
+
+#[test]
+fn runs_is_checked() {
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: command\n    needs: [marker]\n    runs: on_fail\n    with: { argv: [true] }\n"),
+        "wf.yml:8:11",
+        "`runs` must be `on_success`, `on_failure` or `always`, found `on_fail`",
+    );
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: command\n    needs: [marker]\n    runs: on_fail\n    with: { argv: [true] }\n"),
+        "wf.yml:8:11",
+        "did you mean `on_failure`?",
+    );
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: command\n    runs: always\n    with: { argv: [true] }\n"),
+        "wf.yml:7:11",
+        "a `runs: always` step acts on the steps it needs, and this one needs none",
+    );
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: command\n    needs: [marker]\n    runs: on_failure\n    journal: true\n    with: { argv: [true] }\n"),
+        "wf.yml:9:14",
+        "it is never taken from the journal, so `journal: true` cannot hold",
+    );
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: command\n    needs: [marker]\n    with: { argv: [echo, \"{{failure.message}}\"] }\n"),
+        "wf.yml:8:",
+        "`failure` is defined only in a step with `runs: on_failure` or `runs: always`",
+    );
+}

@@ -120,9 +120,9 @@ fn journal_stats_prune_and_migrate_on_sqlite() {
         sb.run(&["run", "wf.yml"], 0);
     }
     sb.run(&["journal", "migrate"], 0)
-        .stdout_has("schema version 2, up to date");
+        .stdout_has("schema version 3, up to date");
     let s = sb.run(&["journal", "stats"], 0);
-    s.stdout_has("schema version 2")
+    s.stdout_has("schema version 3")
         .stdout_has("runs 3  step results 3  records 1")
         .stdout_has("  wf ");
     // Every run is older than 0s: a prune removes the two re-runs and keeps
@@ -374,8 +374,8 @@ fn wrong_password_unreachable_server_wrong_key_and_newer_schema_are_clear_errors
     pg().sql(&format!("UPDATE {schema}.schema_version SET version = 99"))
         .unwrap();
     sb.run(&["run", "wf.yml"], 2)
-        .stderr_has("has schema version 99, newer than this flowrun knows (2): upgrade flowrun");
-    pg().sql(&format!("UPDATE {schema}.schema_version SET version = 2"))
+        .stderr_has("has schema version 99, newer than this flowrun knows (3): upgrade flowrun");
+    pg().sql(&format!("UPDATE {schema}.schema_version SET version = 3"))
         .unwrap();
     assert_eq!(sb.lines("side"), ["a"], "only the good run ran");
     sb.run(&["run", "wf.yml"], 0).stdout_has("ok: [localhost] a (journal)");
@@ -450,7 +450,7 @@ fn journal_copy_from_sqlite_to_postgres_then_the_next_run_changes_nothing() {
     assert_eq!(h.stdout.lines().count(), 2, "the copied run and this one: {}", h.stdout);
     on_pg(&["journal", "stats"])
         .expect(0)
-        .stdout_has("(postgres), schema version 2")
+        .stdout_has("(postgres), schema version 3")
         .stdout_has("runs 2  step results 6  records 3");
     // A second copy into the same journal is refused.
     sb.cmd(&["journal", "copy", "--from", "sqlite://journal.db", "--to", &url])
@@ -507,9 +507,9 @@ fn a_server_on_a_unix_socket_and_journal_migrate_on_postgres() {
         pg().port()
     );
     sb.run(&["journal", "migrate", "--journal", &socket], 0)
-        .stdout_has("schema version 0 -> 2");
+        .stdout_has("schema version 0 -> 3");
     sb.run(&["journal", "migrate", "--journal", &socket], 0)
-        .stdout_has("schema version 2, up to date");
+        .stdout_has("schema version 3, up to date");
     sb.run(&["run", "wf.yml", "--journal", &socket], 0);
     // The same journal over TCP.
     sb.run(&["run", "wf.yml"], 0).stdout_has("ok: [localhost] a (journal)");

@@ -14,6 +14,7 @@ mod journal;
 mod k8s;
 mod lifecycle;
 mod progress;
+mod rollback;
 mod schema;
 mod secrets;
 mod shipped_workflows;

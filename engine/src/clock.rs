@@ -1,8 +1,33 @@
-//! Wall-clock time as the journal and the listings write it: Unix seconds,
-//! compact UTC stamps for run ids, readable UTC for `history` and `show`,
-//! without a calendar crate (the civil-from-days algorithm is a few lines).
+//! Time: wall-clock time as the journal and the listings write it (Unix
+//! seconds, compact UTC stamps for run ids, readable UTC for `history` and
+//! `show`, without a calendar crate: the civil-from-days algorithm is a few
+//! lines), and the [`Clock`] the executor waits on, which tests replace.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Time as the executor waits on it (between retry attempts, against a
+/// retry `deadline`): the real one, or, in tests, one that moves only when
+/// something sleeps, so that backoff and deadlines are tested exactly and
+/// instantly whatever the machine's load.
+#[async_trait::async_trait]
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    fn now(&self) -> Instant;
+    async fn sleep(&self, duration: Duration);
+}
+
+/// The real clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+#[async_trait::async_trait]
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+    async fn sleep(&self, duration: Duration) {
+        tokio::time::sleep(duration).await;
+    }
+}
 
 /// Seconds since the Unix epoch, now.
 pub fn unix_now() -> i64 {

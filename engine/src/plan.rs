@@ -6,7 +6,7 @@
 use crate::diag::Diagnostic;
 use crate::host::{Host, HostTable};
 use crate::inventory::Inventory;
-use crate::model::Workflow;
+use crate::model::{Runs, Workflow};
 use crate::template::Templates;
 use serde_json::{Map, Value};
 use std::collections::VecDeque;
@@ -183,7 +183,10 @@ impl Plan {
             }
             for s in &wf.steps {
                 for n in &s.needs {
-                    let _ = writeln!(out, "    {} --> {}", mermaid_id(n), mermaid_id(&s.id));
+                    let _ = match s.runs {
+                        Runs::OnSuccess => writeln!(out, "    {} --> {}", mermaid_id(n), mermaid_id(&s.id)),
+                        r => writeln!(out, "    {} -. {} .-> {}", mermaid_id(n), r.as_str(), mermaid_id(&s.id)),
+                    };
                 }
             }
         } else {
@@ -193,7 +196,15 @@ impl Plan {
             }
             for s in &wf.steps {
                 for n in &s.needs {
-                    let _ = writeln!(out, "    \"{n}\" -> \"{}\";", s.id);
+                    let _ = match s.runs {
+                        Runs::OnSuccess => writeln!(out, "    \"{n}\" -> \"{}\";", s.id),
+                        r => writeln!(
+                            out,
+                            "    \"{n}\" -> \"{}\" [style=dashed, label=\"{}\"];",
+                            s.id,
+                            r.as_str()
+                        ),
+                    };
                 }
             }
             out.push_str("}\n");

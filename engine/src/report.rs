@@ -124,6 +124,22 @@ pub struct RunReport {
     pub results: Vec<InstanceResult>,
     /// Hosts in inventory order, each with its counters.
     pub hosts: IndexMap<String, Counters>,
+    /// What this run rolled back first, of what runs that died left unfinished.
+    pub recovered: Vec<Recovered>,
+}
+
+/// An instance a run that died left in flight, and what its recovery did.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Recovered {
+    pub step: String,
+    pub host: String,
+    pub item: String,
+    /// The run that died.
+    pub run_id: String,
+    /// The rollback steps that ran for it.
+    pub by: Vec<String>,
+    /// Whether they all succeeded (else the host was stopped and the mark kept).
+    pub succeeded: bool,
 }
 
 impl RunReport {
@@ -175,7 +191,7 @@ impl RunReport {
                 })
             })
             .collect();
-        json!({
+        let mut doc = json!({
             "run_id": self.run_id,
             "workflow": self.workflow,
             "status": self.status_word(),
@@ -184,7 +200,11 @@ impl RunReport {
             "totals": t,
             "hosts": self.hosts,
             "steps": steps,
-        })
+        });
+        if !self.recovered.is_empty() {
+            doc["recovered"] = json!(self.recovered);
+        }
+        doc
     }
 
     /// JUnit XML: one testsuite per run, one testcase per step instance.

@@ -73,6 +73,11 @@ fn step_keys(handler: bool) -> Vec<(&'static str, Value)> {
             ),
             ("needs", described(str_list(), "Steps that must finish before this one (DAG edges).")),
             (
+                "runs",
+                json!({"enum": ["on_success", "on_failure", "always"],
+                       "description": "`on_success` (default): when its needs succeeded; `on_failure`: only when one of them failed, was cancelled or was left unfinished by a run that died (a rollback); `always`: either way (a cleanup). `failure` and `failures` are in scope."}),
+            ),
+            (
                 "notify",
                 described(
                     str_list(),

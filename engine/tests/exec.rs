@@ -3,102 +3,14 @@
 //! The tests that involve the journal run on both backends (`sqlite::…` and
 //! `postgres::…`, the latter against a real PostgreSQL server).
 
-use async_trait::async_trait;
-use flowrun_engine::exec::{self, NoEvents, RunEnv, RunError, RunOptions};
-use flowrun_engine::inventory::Inventory;
-use flowrun_engine::journal::{Journal, Location};
-use flowrun_engine::loader::{self, LoadContext};
-use flowrun_engine::plan;
-use flowrun_engine::pool::Pool;
-use flowrun_engine::registry::Registry;
-use flowrun_engine::report::{Outcome, RunReport, Status};
-use flowrun_engine::secrets::{Masker, SecretKey};
-use flowrun_engine::step::*;
-use flowrun_lab::postgres::PgServer;
-use serde_json::{json, Map, Value};
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::*;
+use flowrun_engine::exec::{RunError, RunOptions};
+use flowrun_engine::report::{Outcome, Status};
+use serde_json::json;
+use std::path::Path;
 use std::sync::Arc;
-
-/// `log`: appends `text` to `file` on apply; in sync when `state_file` (optional) exists.
-struct LogKind;
-static LOG_INFO: KindInfo = KindInfo {
-    name: "log",
-    version: 1,
-    doc: "test step",
-    params: &[
-        ParamSpec::req("file", ParamType::Str, "log file"),
-        ParamSpec::req("text", ParamType::Str, "line to append"),
-        ParamSpec::opt("fail", ParamType::Bool, "fail instead"),
-        ParamSpec::opt("sleep_ms", ParamType::Int, "sleep first"),
-    ],
-    one_of: &[],
-    outputs: &["text", "len"],
-    secret_outputs: &[],
-    journal: true,
-};
-
-struct LogStep {
-    file: PathBuf,
-    text: String,
-    fail: bool,
-    sleep_ms: u64,
-}
-
-impl StepKind for LogKind {
-    fn info(&self) -> &'static KindInfo {
-        &LOG_INFO
-    }
-    fn build(&self, p: &Map<String, Value>, _: &BuildContext<'_>) -> Result<Box<dyn Step>, StepError> {
-        Ok(Box::new(LogStep {
-            file: PathBuf::from(p["file"].as_str().unwrap()),
-            text: p["text"].as_str().map_or_else(|| p["text"].to_string(), str::to_owned),
-            fail: p.get("fail").is_some_and(|v| v == &json!(true) || v == &json!("true")),
-            sleep_ms: p.get("sleep_ms").and_then(Value::as_u64).unwrap_or(0),
-        }))
-    }
-}
-
-#[async_trait]
-impl Step for LogStep {
-    async fn check(&self, _: &StepContext) -> Result<Check, StepError> {
-        Ok(Check::Drift(Pending::new(format!("log `{}`", self.text))))
-    }
-    async fn apply(&self, _: &StepContext, _: Pending) -> Result<Applied, StepError> {
-        tokio::time::sleep(std::time::Duration::from_millis(self.sleep_ms)).await;
-        if self.fail {
-            return Err(StepError::failed(format!("failing on purpose: {}", self.text)));
-        }
-        use std::io::Write as _;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.file)
-            .unwrap();
-        f.write_all(format!("{}\n", self.text).as_bytes()).unwrap();
-        let mut o = Outputs::new();
-        o.insert("text".into(), json!(self.text));
-        o.insert("len".into(), json!(self.text.len()));
-        Ok(Applied::changed(o))
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// Each journal test, once per backend.
-macro_rules! on_both_journals {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $( #[test] fn $name() { super::$name(super::Backend::Sqlite) } )*
-        }
-        mod postgres {
-            $( #[test] fn $name() { super::$name(super::Backend::Postgres) } )*
-        }
-    };
-}
 
 on_both_journals!(
     runs_dag_then_rerun_skips_everything_and_restores_outputs,
@@ -109,97 +21,6 @@ on_both_journals!(
     a_second_run_is_refused_while_the_first_holds_the_lock,
     a_second_run_waits_for_the_lock_then_runs,
 );
-
-struct Env {
-    dir: tempfile::TempDir,
-    journal: Location,
-}
-
-impl Env {
-    fn new() -> Self {
-        Self::on(Backend::Sqlite)
-    }
-    /// A test directory, and a journal of its own on `backend` (for
-    /// PostgreSQL, a fresh schema on the shared test server; the password is
-    /// in the URL, which only the CLI refuses).
-    fn on(backend: Backend) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let journal = match backend {
-            Backend::Sqlite => Location::Sqlite(dir.path().join("journal.db")),
-            Backend::Postgres => {
-                let pg = PgServer::shared();
-                let url = pg
-                    .fresh_url()
-                    .replace("flowrun@", &format!("flowrun:{}@", flowrun_lab::postgres::PASSWORD));
-                Location::parse(&url).unwrap()
-            }
-        };
-        Self { dir, journal }
-    }
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.path(name);
-        std::fs::write(&p, text.replace("LOG", self.path("log.txt").to_str().unwrap())).unwrap();
-        p
-    }
-    fn log(&self) -> Vec<String> {
-        std::fs::read_to_string(self.path("log.txt"))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-    fn run_with(&self, wf: &Path, opts: RunOptions) -> Result<RunReport, RunError> {
-        let registry = Registry::new(vec![Box::new(LogKind)]);
-        // A test that needs hosts writes `hosts.yml` beside the workflow.
-        let hosts = self.path("hosts.yml");
-        let inv = if hosts.exists() {
-            Inventory::load(&hosts).unwrap()
-        } else {
-            Inventory::empty()
-        };
-        let extra = opts.extra_vars.clone();
-        let w = Arc::new(
-            loader::load(
-                wf,
-                &LoadContext {
-                    registry: &registry,
-                    inventory: &inv,
-                    extra_vars: &extra,
-                },
-            )
-            .unwrap_or_else(|e| panic!("{e}")),
-        );
-        let p = Arc::new(plan::plan(w, &inv, &extra, None).unwrap());
-        let journal = Arc::new(Journal::connect(&self.journal).unwrap());
-        let key = SecretKey::load_or_create(&self.path("journal.key")).unwrap();
-        journal.check_key(&key, &self.path("journal.key")).unwrap();
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let (_tx, rx) = tokio::sync::watch::channel(None);
-        rt.block_on(exec::run(
-            p,
-            opts,
-            RunEnv {
-                journal: Some(journal),
-                key,
-                masker: Masker::global(),
-                secrets: Map::new(),
-                pool: Arc::new(Pool::new(None)),
-                sink: Arc::new(NoEvents),
-                interrupt: rx,
-            },
-        ))
-    }
-    fn run(&self, wf: &Path) -> RunReport {
-        self.run_with(wf, RunOptions::default()).unwrap()
-    }
-}
-
-fn count(r: &RunReport, s: Status) -> usize {
-    r.results.iter().filter(|x| x.status == s).count()
-}
 
 const DIAMOND: &str = r#"
 name: diamond

@@ -336,7 +336,7 @@ fn sqlite_a_version_1_journal_is_migrated_in_place() {
         .unwrap();
     }
     let j = Journal::connect_unmigrated(&Location::Sqlite(p.clone())).unwrap();
-    assert_eq!(j.migrate().unwrap(), (1, 2));
+    assert_eq!(j.migrate().unwrap(), (1, 3));
     assert_eq!(j.load("wf").unwrap()[&key("a")].fingerprint, "fp");
     assert_eq!(j.history(None, 5).unwrap()[0].host, "", "old runs name no controller");
 }

@@ -42,6 +42,7 @@ pub fn run(args: &RunArgs, quiet: bool) -> Result<ExitStatus, Error> {
         skip_tags: args.skip_tags.clone(),
         extra_vars: loaded.extra.clone(),
         wait_lock: args.wait_lock,
+        ..RunOptions::default()
     };
     let json = args.output == OutputFormat::Json;
     let printer = Arc::new(LinePrinter::new(args.diff, quiet, json).with_progress(&host_totals(&plan)));
@@ -123,7 +124,13 @@ fn spawn_signal_listener(tx: tokio::sync::watch::Sender<Option<i32>>) {
         };
         tracing::warn!("signal {sig} received: stopping the running steps; the journal stays consistent");
         let _ = tx.send(Some(sig));
-        // A second signal ends the process at once.
+        // A second signal stops the rollback and cleanup steps that run after the first.
+        let again = tokio::select! {
+            _ = int.recv() => libc::SIGINT,
+            _ = term.recv() => libc::SIGTERM,
+        };
+        let _ = tx.send(Some(again));
+        // A third ends the process at once.
         tokio::select! {
             _ = int.recv() => std::process::exit(ExitStatus::Interrupted(libc::SIGINT).code()),
             _ = term.recv() => std::process::exit(ExitStatus::Interrupted(libc::SIGTERM).code()),

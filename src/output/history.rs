@@ -16,8 +16,12 @@ pub fn runs(rows: &[RunRow]) -> String {
             .as_deref()
             .and_then(|t| serde_json::from_str::<Value>(t).ok())
             .map_or_else(String::new, |t| {
+                let recovered = t["recovered"]
+                    .as_array()
+                    .filter(|r| !r.is_empty())
+                    .map_or_else(String::new, |r| format!(" recovered={}", r.len()));
                 format!(
-                    "ok={} changed={} failed={} skipped={} unreachable={}",
+                    "ok={} changed={} failed={} skipped={} unreachable={}{recovered}",
                     t["ok"], t["changed"], t["failed"], t["skipped"], t["unreachable"]
                 )
             });
@@ -50,6 +54,7 @@ pub fn run(run: &RunRow, steps: &[RunStep]) -> String {
         run.pid,
         run.inventory
     );
+    out.push_str(&recovered(run));
     for s in steps {
         let item = if s.item.is_empty() {
             String::new()
@@ -66,6 +71,48 @@ pub fn run(run: &RunRow, steps: &[RunStep]) -> String {
             out,
             "{}: [{}] {}{item}{journal} {}ms{msg}",
             s.status, s.host, s.step_id, s.duration_ms
+        );
+    }
+    out
+}
+
+/// What the run rolled back first of what runs that died left unfinished.
+fn recovered(run: &RunRow) -> String {
+    let totals = run
+        .totals
+        .as_deref()
+        .and_then(|t| serde_json::from_str::<Value>(t).ok())
+        .unwrap_or(Value::Null);
+    let mut out = String::new();
+    for r in totals["recovered"].as_array().into_iter().flatten() {
+        let by: Vec<String> = r["by"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(|s| format!("`{s}`"))
+            .collect();
+        let item = r["item"]
+            .as_str()
+            .filter(|i| !i.is_empty())
+            .map(|i| format!(" (item={i})"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "recovered: `{}`{item} on {}, left unfinished by run {}: {} by {}",
+            r["step"].as_str().unwrap_or(""),
+            r["host"].as_str().unwrap_or(""),
+            r["run_id"].as_str().unwrap_or(""),
+            if r["succeeded"] == Value::Bool(true) {
+                "rolled back"
+            } else {
+                "rollback failed"
+            },
+            if by.is_empty() {
+                "nothing".to_owned()
+            } else {
+                by.join(", ")
+            }
         );
     }
     out

@@ -31,9 +31,14 @@ pub fn text(plan: &Plan, prediction: Option<&[Prediction]>) -> String {
                 .map(|m| host_text(&plan.nodes[m].host.name, prediction.map(|p| p[m])))
                 .collect();
             let each = if step.for_each.is_some() { " for_each" } else { "" };
+            let runs = if step.runs.handles_failures() {
+                format!(", runs {}", step.runs.as_str())
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 out,
-                "  {} ({}{each}) on {}",
+                "  {} ({}{each}{runs}) on {}",
                 step.id,
                 step.kind_name(),
                 hosts.join(", ")
@@ -62,6 +67,7 @@ fn host_text(host: &str, prediction: Option<Prediction>) -> String {
             format!("{host} (journal: skip {skip} of {total} items, run {})", total - skip)
         }
         Some(Prediction::Unknown) => format!("{host} (decided at run time)"),
+        Some(Prediction::OnFailure) => format!("{host} (only if a step it needs fails)"),
         None => host.to_owned(),
     }
 }

@@ -3,18 +3,20 @@
 //! (behind one mutex, held only for short updates).
 
 use super::instance::Pipeline;
+use super::rescue::Failure;
 use super::scope::StepResults;
 use super::{RunEnv, RunOptions};
 use crate::journal::{Record, RecordKey};
-use crate::model::Workflow;
+use crate::model::{Runs, StepDef, Workflow};
 use crate::plan::Plan;
-use crate::report::{InstanceResult, Status};
+use crate::report::{InstanceResult, Recovered, Status};
 use crate::template::Templates;
 use indexmap::IndexMap;
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
 /// A place in the queue for a fork, taken when the node became ready, so
@@ -34,6 +36,21 @@ pub(crate) fn fork_ticket(forks: &Arc<Semaphore>) -> ForkTicket {
     }
 }
 
+/// How long a rollback or cleanup may take after a signal or in recovery, unless it sets a `timeout`.
+pub(crate) const RESCUE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Removes a running instance from [`State::running`] when it ends (or is cancelled).
+pub(crate) struct RunningGuard<'a> {
+    ctx: &'a RunContext,
+    id: u64,
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.ctx.state().running.remove(&self.id);
+    }
+}
+
 /// How a node ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum NodeEnd {
@@ -41,6 +58,8 @@ pub(crate) enum NodeEnd {
     Done(Status),
     /// It never started: something it needs did not succeed, or the run is stopping.
     Blocked,
+    /// A signal cancelled it while it ran.
+    Cancelled,
 }
 
 impl NodeEnd {
@@ -50,15 +69,37 @@ impl NodeEnd {
     }
 }
 
+/// Which part of a run is going on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Rolling back what a run that died left in flight, before anything else.
+    Recovery,
+    /// The run proper.
+    Main,
+    /// A signal (its number) stopped the run: rollbacks and cleanups of what
+    /// it cancelled or what failed.
+    Interrupted(i32),
+}
+
 /// The part of a run that changes as nodes finish.
 pub(crate) struct State {
+    pub phase: Phase,
     pub ends: Vec<Option<NodeEnd>>,
     pub results: StepResults,
     pub dead_hosts: HashSet<String>,
     pub failed_hosts: HashSet<String>,
+    /// Hosts whose recovery failed, with why: nothing more runs there.
+    pub stopped_hosts: HashMap<String, String>,
+    /// Every instance that did not succeed, in order.
+    pub failures: Vec<Failure>,
+    /// Instances running now (an id of each → its node and item label).
+    pub running: HashMap<u64, (usize, Option<String>)>,
+    /// In-flight marks this run set and has not cleared.
+    pub marks: HashSet<RecordKey>,
     /// host → handler indices notified in this run.
     pub notified: IndexMap<String, Vec<usize>>,
     pub reported: Vec<InstanceResult>,
+    pub recovered: Vec<Recovered>,
 }
 
 pub(crate) struct RunContext {
@@ -75,6 +116,11 @@ pub(crate) struct RunContext {
     pub sequence: AtomicU64,
     /// Set when `fail_fast` or `max_fail_percentage` stops the run.
     pub stop: AtomicBool,
+    /// Per step: whether a rollback (`runs: on_failure`) needs it, directly
+    /// or not, so that its `apply` is marked in flight.
+    pub guarded: Vec<bool>,
+    /// Ids for [`State::running`].
+    pub next_running: AtomicU64,
     state: Mutex<State>,
 }
 
@@ -89,7 +135,17 @@ impl RunContext {
     ) -> Self {
         let nodes = plan.nodes.len();
         let steps = plan.workflow.steps.len();
+        let mut guarded = vec![false; steps];
+        for (i, step) in plan.workflow.steps.iter().enumerate() {
+            if step.runs == Runs::OnFailure {
+                for &a in &plan.workflow.ancestors[i] {
+                    guarded[a] = true;
+                }
+            }
+        }
         Self {
+            guarded,
+            next_running: AtomicU64::new(0),
             forks: Arc::new(Semaphore::new(opts.forks.max(1))),
             plan,
             opts,
@@ -101,12 +157,18 @@ impl RunContext {
             sequence: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             state: Mutex::new(State {
+                phase: Phase::Main,
                 ends: vec![None; nodes],
                 results: StepResults::new(steps),
                 dead_hosts: HashSet::new(),
                 failed_hosts: HashSet::new(),
+                stopped_hosts: HashMap::new(),
+                failures: Vec::new(),
+                running: HashMap::new(),
+                marks: HashSet::new(),
                 notified: IndexMap::new(),
                 reported: Vec::new(),
+                recovered: Vec::new(),
             }),
         }
     }
@@ -117,6 +179,26 @@ impl RunContext {
 
     pub fn workflow(&self) -> &Workflow {
         &self.plan.workflow
+    }
+
+    /// Note an instance of `node` as running until the guard drops (a
+    /// signal cancels what is running: the rescue steps must know what).
+    pub fn running(&self, node: usize, item: Option<String>) -> RunningGuard<'_> {
+        let id = self.next_running.fetch_add(1, Ordering::Relaxed);
+        self.state().running.insert(id, (node, item));
+        RunningGuard { ctx: self, id }
+    }
+
+    /// The phase the run is in.
+    pub fn phase(&self) -> Phase {
+        self.state().phase
+    }
+
+    /// A step's timeout: its own; for a rescue step after a signal or in
+    /// recovery, 5 minutes when it sets none (nothing waits forever then).
+    pub fn timeout_of(&self, step: &StepDef) -> Option<Duration> {
+        step.timeout
+            .or_else(|| (step.runs.handles_failures() && self.phase() != Phase::Main).then_some(RESCUE_TIMEOUT))
     }
 
     /// The instance pipeline as this run configures it.

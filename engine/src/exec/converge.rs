@@ -4,11 +4,12 @@
 //! overall `deadline`) and the per-attempt `timeout`; then `changed_when`.
 
 use super::context::RunContext;
+use crate::journal::RecordKey;
 use crate::model::StepDef;
 use crate::step::{Check, Outputs, Step, StepContext, StepError};
 use crate::template::truthy;
 use serde_json::Value;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// What a converged instance reports.
 pub(crate) struct Converged {
@@ -19,20 +20,26 @@ pub(crate) struct Converged {
 }
 
 /// check → apply under `retry` and `timeout`.
+///
+/// `mark`: the instance's key when its `apply` must be marked in flight
+/// first (a rollback handles the step).
 pub(crate) async fn converge(
     ctx: &RunContext,
     step: &StepDef,
     built: &dyn Step,
     cx: &StepContext,
     vars: &Value,
+    mark: Option<&RecordKey>,
 ) -> Result<Converged, StepError> {
     let retry = step.retry.clone().unwrap_or_default();
     let attempts = if step.retry.is_some() { retry.attempts.max(1) } else { 1 };
-    let started = Instant::now();
+    let clock = ctx.opts.clock.clone();
+    let started = clock.now();
+    let elapsed = || clock.now().saturating_duration_since(started);
     let mut last_error = None;
     for attempt in 1..=attempts {
-        let remaining = retry.deadline.map(|d| d.saturating_sub(started.elapsed()));
-        let result = match once(ctx, step, built, cx, remaining).await {
+        let remaining = retry.deadline.map(|d| d.saturating_sub(elapsed()));
+        let result = match once(ctx, step, built, cx, remaining, mark).await {
             Ok(done) => changed_when(ctx, step, vars, done),
             Err(e) => Err(e),
         };
@@ -54,7 +61,7 @@ pub(crate) async fn converge(
         }
         let delay = retry.delay_before(attempt + 1, jitter_sample());
         if let Some(deadline) = retry.deadline {
-            if started.elapsed() + delay >= deadline {
+            if elapsed() + delay >= deadline {
                 let why = last_error.map_or_else(String::new, |e| format!(": {e}"));
                 return Err(StepError::failed(format!(
                     "retry deadline of {} reached after {attempt} attempt(s){why}",
@@ -68,7 +75,7 @@ pub(crate) async fn converge(
             cx.host.name,
             humantime::format_duration(delay)
         );
-        tokio::time::sleep(delay).await;
+        clock.sleep(delay).await;
     }
     Err(last_error.unwrap_or_else(|| StepError::failed("no attempt was made")))
 }
@@ -80,9 +87,10 @@ async fn once(
     built: &dyn Step,
     cx: &StepContext,
     remaining: Option<Duration>,
+    mark: Option<&RecordKey>,
 ) -> Result<Converged, StepError> {
-    let attempt = check_then_apply(ctx.opts.check, built, cx);
-    let limit = match (step.timeout, remaining) {
+    let attempt = check_then_apply(ctx, built, cx, mark);
+    let limit = match (ctx.timeout_of(step), remaining) {
         (Some(t), Some(r)) if r < t => Some((r, true)),
         (Some(t), _) => Some((t, false)),
         (None, Some(r)) => Some((r, true)),
@@ -104,7 +112,13 @@ async fn once(
     }
 }
 
-async fn check_then_apply(check_mode: bool, built: &dyn Step, cx: &StepContext) -> Result<Converged, StepError> {
+async fn check_then_apply(
+    ctx: &RunContext,
+    built: &dyn Step,
+    cx: &StepContext,
+    mark: Option<&RecordKey>,
+) -> Result<Converged, StepError> {
+    let check_mode = ctx.opts.check;
     match built.check(cx).await? {
         Check::InSync(outputs) => Ok(Converged {
             changed: false,
@@ -121,6 +135,9 @@ async fn check_then_apply(check_mode: bool, built: &dyn Step, cx: &StepContext) 
         Check::Drift(p) => {
             let summary = p.summary.clone();
             let diff = p.diff.clone();
+            if let Some(key) = mark {
+                ctx.mark_applying(key).await?;
+            }
             let applied = built.apply(cx, p).await?;
             Ok(Converged {
                 changed: applied.changed,

@@ -66,7 +66,7 @@ async fn run_handler(ctx: &Arc<RunContext>, host: &Arc<Host>, index: usize) {
         Ok(Prepared::WhenFalse) => Ok(None),
         Ok(Prepared::Ready(mut ready)) => {
             let cx = step_context(ctx, handler, host, &mut ready);
-            converge(ctx, handler, ready.built.as_ref(), &cx, ready.context.data())
+            converge(ctx, handler, ready.built.as_ref(), &cx, ready.context.data(), None)
                 .await
                 .map(Some)
         }

@@ -222,7 +222,7 @@ pub(crate) fn step_context(ctx: &RunContext, step: &StepDef, host: &Arc<Host>, r
             check: ctx.opts.check,
             diff: ctx.opts.diff,
         },
-        timeout: step.timeout,
+        timeout: ctx.timeout_of(step),
         masker: ctx.env.masker.clone(),
         hosts: ctx.plan.hosts.clone(),
         previous: ready.previous.clone(),
@@ -273,8 +273,9 @@ pub(crate) async fn run_instance(
     };
     let label = item.as_ref().map(|i| i.label.clone());
     let result = |status| ctx.result(step, &host.name, label.clone(), status, started);
-    // Waiting for a fork is not having started: a run that stopped meanwhile starts nothing new.
-    if ctx.stop.load(std::sync::atomic::Ordering::SeqCst) {
+    // Waiting for a fork is not having started: a run that stopped meanwhile
+    // starts nothing new (but its rollbacks and cleanups).
+    if ctx.stop.load(std::sync::atomic::Ordering::SeqCst) && !step.runs.handles_failures() {
         ctx.emit(result(Status::Skipped).message(super::node::STOPPING));
         return InstanceOutcome::of(Status::Skipped);
     }
@@ -286,7 +287,7 @@ pub(crate) async fn run_instance(
             return InstanceOutcome::of(Status::Skipped);
         }
         Ok(Prepared::Ready(ready)) => ready,
-        Err(e) => return prepare_failed(&ctx, result(Status::Failed), e.message, need_changed),
+        Err(e) => return prepare_failed(&ctx, node, result(Status::Failed), e.message, need_changed),
     };
     if let Some(outputs) = ready.journaled_outputs(ctx.opts.verify, need_changed) {
         let outputs = outputs.clone();
@@ -305,11 +306,13 @@ pub(crate) async fn run_instance(
         None
     };
     ctx.env.sink.started(&step.id, &host.name, label.as_deref());
+    let _running = ctx.running(node, label.clone());
     let cx = step_context(&ctx, step, &host, &mut ready);
-    let converged = converge(&ctx, step, ready.built.as_ref(), &cx, ready.context.data()).await;
+    let mark = ctx.guarded[ctx.plan.nodes[node].step].then_some(&ready.key);
+    let converged = converge(&ctx, step, ready.built.as_ref(), &cx, ready.context.data(), mark).await;
     match converged {
         Ok(done) => succeeded(&ctx, step, *ready, journal_outputs, done, result),
-        Err(e) => failed(&ctx, &host, ready.key, e, result).await,
+        Err(e) => failed(&ctx, node, label.clone(), ready.key, e, result).await,
     }
 }
 
@@ -317,6 +320,7 @@ pub(crate) async fn run_instance(
 /// would change cannot know its inputs: that is a skip, not a failure.
 fn prepare_failed(
     ctx: &RunContext,
+    node: usize,
     result: crate::report::InstanceResult,
     message: String,
     need_changed: bool,
@@ -327,6 +331,7 @@ fn prepare_failed(
             format!("cannot check: it needs a step that would change first ({message})"),
         )
     } else {
+        ctx.instance_failed(node, result.item.clone(), Status::Failed, &message);
         (Status::Failed, message)
     };
     let mut r = result.message(message);
@@ -347,6 +352,9 @@ fn succeeded(
     outputs.extend(done.outputs);
     register_secret_outputs(&ctx.env.masker, step.kind.info(), &outputs);
     let status = if done.changed { Status::Changed } else { Status::Ok };
+    // The mark goes first: were the record written and the mark not, the
+    // next run would roll back a success.
+    ctx.unmark(&ready.key);
     if !ctx.opts.check && step.journal {
         ctx.put_record(step, ready.key, ready.fingerprint, status, &outputs);
     }
@@ -359,11 +367,14 @@ fn succeeded(
 
 async fn failed(
     ctx: &RunContext,
-    host: &Arc<Host>,
+    node: usize,
+    item: Option<String>,
     key: RecordKey,
     error: StepError,
     result: impl Fn(Status) -> crate::report::InstanceResult,
 ) -> InstanceOutcome {
+    let host = &ctx.plan.nodes[node].host;
+    ctx.unmark(&key);
     ctx.delete_record(key);
     let status = if error.kind == StepErrorKind::Unreachable {
         ctx.state().dead_hosts.insert(host.name.clone());
@@ -372,6 +383,8 @@ async fn failed(
     } else {
         Status::Failed
     };
+    // Before this instance gives its fork back: a run that stops starts nothing more.
+    ctx.instance_failed(node, item, status, &error.message);
     ctx.emit(result(status).message(error.message));
     InstanceOutcome::of(status)
 }

@@ -98,6 +98,14 @@ fn key(item: &Value) -> String {
     }
 }
 
+/// The label of an item known only by its journal key (a mark a dead run left).
+pub(crate) fn label_of_key(key: &str) -> String {
+    match serde_json::from_str::<Value>(key) {
+        Ok(v @ (Value::Object(_) | Value::Array(_))) => default_label(&v, 0),
+        _ => key.to_owned(),
+    }
+}
+
 /// The label of an item when the step sets no `label:`.
 fn default_label(item: &Value, index: usize) -> String {
     match item {

@@ -33,6 +33,8 @@ mod node;
 mod predict;
 mod preview;
 mod record;
+mod recover;
+mod rescue;
 mod run;
 mod schedule;
 mod scope;
@@ -41,6 +43,7 @@ pub use predict::{predict, predict_skips, predict_with_previews, InstancePredict
 pub use preview::{run_previews, Candidate, Preview, PreviewOutcome};
 pub use run::{new_run_id, run};
 
+use crate::clock::{Clock, SystemClock};
 use crate::journal::{Journal, LockHolder};
 use crate::pool::Pool;
 use crate::report::InstanceResult;
@@ -63,6 +66,8 @@ pub struct RunOptions {
     pub extra_vars: Map<String, Value>,
     /// Wait this long for another run's lock instead of giving up at once.
     pub wait_lock: Option<Duration>,
+    /// What retries wait on and measure their `deadline` by.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for RunOptions {
@@ -77,6 +82,7 @@ impl Default for RunOptions {
             skip_tags: Vec::new(),
             extra_vars: Map::new(),
             wait_lock: None,
+            clock: Arc::new(SystemClock),
         }
     }
 }

@@ -3,14 +3,15 @@
 //! selected), its `for_each` items run concurrently, their statuses added up,
 //! the result published for later steps, and its handlers notified.
 
-use super::context::{ForkTicket, NodeEnd, RunContext};
+use super::context::{ForkTicket, NodeEnd, Phase, RunContext};
 use super::instance::{run_instance, InstanceOutcome};
 use super::items::{self, Item};
 use super::record::restore_outputs;
+use super::rescue::{insert_failure_vars, Failure};
 use super::scope::{ItemResult, StepResult};
 use super::RunOptions;
 use crate::journal::RecordKey;
-use crate::model::StepDef;
+use crate::model::{Runs, StepDef};
 use crate::report::Status;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -27,17 +28,30 @@ pub(crate) async fn run_node(ctx: &Arc<RunContext>, node: usize, ticket: ForkTic
     let plan_node = ctx.plan.nodes[node].clone();
     let step = &ctx.workflow().steps[plan_node.step];
     let host = &plan_node.host.name;
-    if let Some(why) = blocked(ctx, node) {
+    let skip = |why: &str| {
         ctx.emit(
             ctx.result(step, host, None, Status::Skipped, Instant::now())
                 .message(why),
         );
+    };
+    if let Some(why) = blocked(ctx, node) {
+        skip(&why);
         return NodeEnd::Blocked;
     }
     if !tag_selected(step, &ctx.opts) {
         not_selected(ctx, plan_node.step, host);
         return NodeEnd::Done(Status::Skipped);
     }
+    let failures = if step.runs.handles_failures() {
+        let failures = ctx.failures_for(node);
+        if let Some(why) = rescue_not_needed(ctx, step.runs, &failures) {
+            skip(why);
+            return NodeEnd::Done(Status::Skipped);
+        }
+        Some(failures)
+    } else {
+        None
+    };
     let need_changed = {
         let state = ctx.state();
         ctx.plan.deps[node]
@@ -45,12 +59,16 @@ pub(crate) async fn run_node(ctx: &Arc<RunContext>, node: usize, ticket: ForkTic
             .any(|&d| state.ends[d] == Some(NodeEnd::Done(Status::Changed)))
     };
     // Always: a step may render files with these variables even when its parameters have no template.
-    let vars = ctx.vars(host, &ctx.workflow().ancestors[plan_node.step]);
+    let mut vars = ctx.vars(host, &ctx.workflow().ancestors[plan_node.step]);
+    if let Some(failures) = &failures {
+        insert_failure_vars(&mut vars, failures);
+    }
     let items = match &step.for_each {
         None => None,
         Some(spec) => match items::expand(&ctx.templates, &ctx.env.masker, step, spec, &vars) {
             Ok(items) => Some(items),
             Err(message) => {
+                ctx.instance_failed(node, None, Status::Failed, &message);
                 ctx.emit(
                     ctx.result(step, host, None, Status::Failed, Instant::now())
                         .message(message),
@@ -85,18 +103,37 @@ pub(crate) async fn run_node(ctx: &Arc<RunContext>, node: usize, ticket: ForkTic
     if changed {
         notify(ctx, step, host);
     }
+    if step.runs == Runs::OnFailure && status != Status::Skipped {
+        ctx.forget_handled(node).await;
+    }
     if status == Status::Failed && step.ignore_errors {
         return NodeEnd::Done(Status::Ok);
     }
     NodeEnd::Done(status)
 }
 
-/// Why a node cannot run, if it cannot.
+/// Why a rescue node (`runs: on_failure | always`) has nothing to do, if it has not.
+fn rescue_not_needed(ctx: &RunContext, runs: Runs, failures: &[Failure]) -> Option<&'static str> {
+    match ctx.phase() {
+        Phase::Interrupted(_) if failures.is_empty() => Some("not run: the run was interrupted"),
+        _ if runs == Runs::OnFailure && failures.is_empty() => Some("no failure to handle"),
+        _ => None,
+    }
+}
+
+/// Why a node cannot run, if it cannot. A rescue step runs after needs
+/// that failed and while the run stops; not on a host that is gone.
 fn blocked(ctx: &RunContext, node: usize) -> Option<String> {
     let plan_node = &ctx.plan.nodes[node];
     let state = ctx.state();
     if state.dead_hosts.contains(&plan_node.host.name) {
         return Some(format!("not run: host `{}` is unreachable", plan_node.host.name));
+    }
+    if let Some(why) = state.stopped_hosts.get(&plan_node.host.name) {
+        return Some(why.clone());
+    }
+    if ctx.workflow().steps[plan_node.step].runs.handles_failures() {
+        return None;
     }
     let failed_need = ctx.plan.deps[node].iter().find_map(|&d| match state.ends[d] {
         Some(end) if !end.lets_dependents_run() => {

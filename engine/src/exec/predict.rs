@@ -15,6 +15,7 @@ use super::items::{self, Item};
 use super::scope::{base_vars, instance_vars, ItemResult, StepResult, StepResults};
 use super::RunOptions;
 use crate::journal::{Record, RecordKey};
+use crate::model::Runs;
 use crate::plan::Plan;
 use crate::report::Status;
 use crate::secrets::{Masker, SecretKey};
@@ -37,6 +38,8 @@ pub enum Prediction {
     Items { skip: usize, total: usize },
     /// Its parameters depend on outputs of steps that will run first.
     Unknown,
+    /// A rollback (`runs: on_failure`): it runs only if a step it needs fails.
+    OnFailure,
 }
 
 impl Prediction {
@@ -44,7 +47,7 @@ impl Prediction {
         match self {
             Self::Skip | Self::WhenFalse => true,
             Self::Items { skip, total } => skip == total,
-            Self::Run | Self::Unknown => false,
+            Self::Run | Self::Unknown | Self::OnFailure => false,
         }
     }
 }
@@ -164,7 +167,9 @@ impl Walk<'_> {
             instances: Vec::new(),
             unless_changed,
         };
-        if !step.journal || self.opts.force || self.opts.verify {
+        if step.runs == Runs::OnFailure {
+            p.summary = Prediction::OnFailure;
+        } else if !step.journal || self.opts.force || self.opts.verify {
             p.summary = Prediction::Run;
         } else if let Some((summary, instances, result)) = self.instances(node) {
             p.summary = summary;

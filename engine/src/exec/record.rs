@@ -5,12 +5,12 @@
 //! back: a record's outputs restored, registering only the kind's secret
 //! outputs with the masker.
 
-use super::context::RunContext;
+use super::context::{Phase, RunContext};
 use crate::journal::{Record, RecordKey, RunStep};
 use crate::model::StepDef;
 use crate::report::{InstanceResult, Status};
 use crate::secrets::{Masker, SecretKey};
-use crate::step::{KindInfo, Outputs};
+use crate::step::{KindInfo, Outputs, StepError};
 use serde_json::Value;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -40,6 +40,10 @@ impl RunContext {
 
     /// Report a result: masked, to the sink, the journal's run record and the report.
     pub fn emit(&self, mut r: InstanceResult) {
+        if self.phase() == Phase::Recovery {
+            let what = r.message.take().map_or_else(String::new, |m| format!(": {m}"));
+            r.message = Some(format!("recovery of what a run that died left unfinished{what}"));
+        }
         let masker = &self.env.masker;
         r.message = r.message.map(|m| masker.mask(&m).into_owned());
         r.diff = r.diff.map(|d| masker.mask(&d).into_owned());
@@ -100,6 +104,37 @@ impl RunContext {
                 run_id: self.run_id.clone(),
             },
         );
+    }
+
+    /// Mark an instance in flight before its `apply` (committed before it
+    /// starts), for a step a rollback handles; once per run.
+    pub async fn mark_applying(&self, key: &RecordKey) -> Result<(), StepError> {
+        let Some(journal) = self.env.journal.clone() else {
+            return Ok(());
+        };
+        if self.opts.check || !self.state().marks.insert(key.clone()) {
+            return Ok(());
+        }
+        let (workflow, inventory) = (self.workflow().name.clone(), self.plan.inventory_id.clone());
+        let (key, run_id) = (key.clone(), self.run_id.clone());
+        tokio::task::spawn_blocking(move || journal.applying(&workflow, &inventory, &key, &run_id))
+            .await
+            .map_err(|e| StepError::failed(format!("internal error: {e}")))?
+            .map_err(|e| StepError::failed(format!("not applied: the journal cannot mark it in flight: {e}")))
+    }
+
+    /// Clear this run's in-flight mark of an instance, if it set one.
+    pub fn unmark(&self, key: &RecordKey) {
+        if self.state().marks.remove(key) {
+            self.landed(key);
+        }
+    }
+
+    /// Clear an in-flight mark, whichever run set it.
+    pub fn landed(&self, key: &RecordKey) {
+        if let Some(journal) = &self.env.journal {
+            journal.landed(&self.workflow().name, &self.plan.inventory_id, key);
+        }
     }
 
     /// Forget a record after a failure: the next run does the instance again.

@@ -1,7 +1,7 @@
 //! A run's frame: a run id, the lock of (workflow, inventory), the journal's
 //! run record opened and closed around the execution, the lock released.
 
-use super::schedule::execute;
+use super::schedule::{execute, Start};
 use super::{RunEnv, RunError, RunOptions};
 use crate::journal::{Journal, LockHolder, RunRow};
 use crate::plan::Plan;
@@ -52,13 +52,21 @@ pub async fn run(plan: Arc<Plan>, opts: RunOptions, mut env: RunEnv) -> Result<R
         });
         env.interrupt = stop_on_journal_failure(env.interrupt.clone(), j.failures());
     }
-    let pending = match &journal {
-        Some(j) if !opts.check => j.pending_handlers(&workflow)?,
-        _ => Vec::new(),
+    let (pending, in_flight) = match &journal {
+        Some(j) if !opts.check => (j.pending_handlers(&workflow)?, j.in_flight(&workflow, &inventory)?),
+        _ => (Vec::new(), Vec::new()),
     };
-    let report = execute(plan, opts, env, run_id.clone(), records, pending).await;
+    let start = Start {
+        records,
+        pending,
+        in_flight,
+    };
+    let report = execute(plan, opts, env, run_id.clone(), start).await;
     if let Some(j) = &journal {
-        let totals = serde_json::to_value(report.totals()).unwrap_or(Value::Null);
+        let mut totals = serde_json::to_value(report.totals()).unwrap_or(Value::Null);
+        if !report.recovered.is_empty() {
+            totals["recovered"] = serde_json::to_value(&report.recovered).unwrap_or(Value::Null);
+        }
         j.finish_run(&run_id, report.status_word(), &totals);
         j.unlock(&workflow, &inventory, &run_id);
         j.flush()?;

@@ -3,12 +3,14 @@
 //! of a cancelled instance was journaled, so the next run does it again);
 //! handlers follow the steps; the report adds everything up per host.
 
-use super::context::{fork_ticket, NodeEnd, RunContext};
+use super::context::{fork_ticket, NodeEnd, Phase, RunContext};
 use super::handlers::run_handlers;
 use super::node::run_node;
+use super::recover::{after_interrupt, recover};
+use super::rescue::Failure;
 use super::scope::base_vars;
 use super::{RunEnv, RunOptions};
-use crate::journal::{Record, RecordKey};
+use crate::journal::{InFlight, Record, RecordKey};
 use crate::plan::Plan;
 use crate::report::{Counters, Outcome, RunReport};
 use indexmap::IndexMap;
@@ -19,16 +21,18 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 use tokio::task::JoinSet;
 
-pub(crate) async fn execute(
-    plan: Arc<Plan>,
-    opts: RunOptions,
-    env: RunEnv,
-    run_id: String,
-    records: HashMap<RecordKey, Record>,
-    pending: Vec<(String, String)>,
-) -> RunReport {
+/// What a run starts from besides the plan: the journal's records, the
+/// handlers still owed, and the in-flight marks that runs which died left.
+pub(crate) struct Start {
+    pub records: HashMap<RecordKey, Record>,
+    pub pending: Vec<(String, String)>,
+    pub in_flight: Vec<InFlight>,
+}
+
+pub(crate) async fn execute(plan: Arc<Plan>, opts: RunOptions, env: RunEnv, run_id: String, start: Start) -> RunReport {
     let started_at = SystemTime::now();
     let started = Instant::now();
+    let pending = start.pending;
     let host_base = host_base(&plan, &opts, &env, &pending);
     let mut interrupt = env.interrupt.clone();
     let ctx = Arc::new(RunContext::new(
@@ -36,14 +40,20 @@ pub(crate) async fn execute(
         opts,
         env,
         run_id.clone(),
-        records,
+        start.records,
         host_base,
     ));
-    let signal = walk(&ctx, &mut interrupt).await;
+    let mut signal = recover(&ctx, &start.in_flight, &mut interrupt).await;
     if signal.is_none() {
-        run_handlers(&ctx, &pending).await;
+        let all: Vec<usize> = (0..plan.nodes.len()).collect();
+        signal = walk(&ctx, &all, &mut interrupt).await;
+    }
+    match signal {
+        None => run_handlers(&ctx, &pending).await,
+        Some(sig) => after_interrupt(&ctx, sig, &mut interrupt).await,
     }
     ctx.env.pool.close_all().await;
+    let recovered = std::mem::take(&mut ctx.state().recovered);
     let results = std::mem::take(&mut ctx.state().reported);
     let mut hosts: IndexMap<String, Counters> = IndexMap::new();
     for h in plan.hosts.hosts.keys() {
@@ -69,6 +79,7 @@ pub(crate) async fn execute(
         duration: started.elapsed(),
         results,
         hosts,
+        recovered,
     }
 }
 
@@ -97,14 +108,34 @@ fn host_base(
         .collect()
 }
 
-/// Run every node in dependency order; the signal that stopped the walk, if one did.
-async fn walk(ctx: &Arc<RunContext>, interrupt: &mut tokio::sync::watch::Receiver<Option<i32>>) -> Option<i32> {
+/// Run `nodes` (a part of the plan, in plan order) in dependency order,
+/// needs outside them counting as done; the signal that stopped the walk, if
+/// one did. A signal that came before the walk stops it at once in the main
+/// phase; after a signal, only a further one stops the rescue phase. What
+/// a signal cancels is noted as failures for the rescue steps.
+pub(crate) async fn walk(
+    ctx: &Arc<RunContext>,
+    nodes: &[usize],
+    interrupt: &mut tokio::sync::watch::Receiver<Option<i32>>,
+) -> Option<i32> {
     let plan = ctx.plan.clone();
-    let mut remaining: Vec<usize> = plan.deps.iter().map(Vec::len).collect();
-    let mut ready: VecDeque<usize> = (0..plan.nodes.len()).filter(|&i| remaining[i] == 0).collect();
+    let mut inside = vec![false; plan.nodes.len()];
+    for &n in nodes {
+        inside[n] = true;
+    }
+    let mut remaining: Vec<usize> = plan
+        .deps
+        .iter()
+        .map(|deps| deps.iter().filter(|&&d| inside[d]).count())
+        .collect();
+    let mut ready: VecDeque<usize> = nodes.iter().copied().filter(|&n| remaining[n] == 0).collect();
     let mut set: JoinSet<(usize, NodeEnd)> = JoinSet::new();
-    let mut signal = *interrupt.borrow();
-    while signal.is_none() {
+    let before = *interrupt.borrow_and_update();
+    if before.is_some() && !matches!(ctx.phase(), Phase::Interrupted(_)) {
+        return before;
+    }
+    let mut open = true;
+    let signal = loop {
         while let Some(node) = ready.pop_front() {
             let ticket = fork_ticket(&ctx.forks);
             let ctx = ctx.clone();
@@ -112,13 +143,15 @@ async fn walk(ctx: &Arc<RunContext>, interrupt: &mut tokio::sync::watch::Receive
         }
         tokio::select! {
             done = set.join_next() => match done {
-                None => break,
+                None => break None,
                 Some(Ok((node, end))) => {
-                    node_done(ctx, node, end);
+                    ctx.state().ends[node] = Some(end);
                     for &d in &plan.dependents[node] {
-                        remaining[d] -= 1;
-                        if remaining[d] == 0 {
-                            ready.push_back(d);
+                        if inside[d] {
+                            remaining[d] -= 1;
+                            if remaining[d] == 0 {
+                                ready.push_back(d);
+                            }
                         }
                     }
                 }
@@ -127,35 +160,43 @@ async fn walk(ctx: &Arc<RunContext>, interrupt: &mut tokio::sync::watch::Receive
                     ctx.stop.store(true, Ordering::SeqCst);
                 }
             },
-            _ = interrupt.changed() => {
-                signal = *interrupt.borrow();
+            changed = interrupt.changed(), if open => match changed {
+                Ok(()) => break *interrupt.borrow_and_update(),
+                // No sender: no signal can come any more.
+                Err(_) => open = false,
             }
         }
-    }
-    if signal.is_some() {
-        // Running instances are cancelled: their commands are killed and nothing
-        // of theirs was journaled, so the next run does them again.
-        set.abort_all();
-        while set.join_next().await.is_some() {}
+    };
+    if let Some(sig) = signal {
+        cancel_running(ctx, &mut set, sig).await;
     }
     signal
 }
 
-/// A node finished: remember how, and stop the run when `fail_fast` or
-/// `max_fail_percentage` says so.
-fn node_done(ctx: &RunContext, node: usize, end: NodeEnd) {
-    let host = ctx.plan.nodes[node].host.name.clone();
-    let mut state = ctx.state();
-    state.ends[node] = Some(end);
-    if matches!(end, NodeEnd::Done(s) if s.is_failure()) {
-        state.failed_hosts.insert(host);
-        let workflow = ctx.workflow();
-        let total = ctx.plan.active_hosts.len().max(1);
-        let over = workflow
-            .max_fail_percentage
-            .is_some_and(|p| (state.failed_hosts.len() as f64) * 100.0 / (total as f64) > p);
-        if workflow.fail_fast || over {
-            ctx.stop.store(true, Ordering::SeqCst);
+/// Cancel what runs: its commands are killed and nothing of it was
+/// journaled, so the next run does it again. The rescue steps learn what
+/// was cancelled.
+async fn cancel_running(ctx: &RunContext, set: &mut JoinSet<(usize, NodeEnd)>, sig: i32) {
+    {
+        let mut state = ctx.state();
+        let mut running: Vec<(usize, Option<String>)> = state.running.values().cloned().collect();
+        running.sort();
+        for (node, item) in running {
+            let plan_node = &ctx.plan.nodes[node];
+            state.failures.push(Failure {
+                node,
+                step: ctx.workflow().steps[plan_node.step].id.clone(),
+                host: plan_node.host.name.clone(),
+                item,
+                message: format!("cancelled by signal {sig}"),
+                interrupted: true,
+                run_id: ctx.run_id.clone(),
+            });
+            if state.ends[node].is_none() {
+                state.ends[node] = Some(NodeEnd::Cancelled);
+            }
         }
     }
+    set.abort_all();
+    while set.join_next().await.is_some() {}
 }

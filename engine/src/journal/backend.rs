@@ -45,6 +45,22 @@ pub(crate) enum Write {
         handler: String,
     },
     Unlock(LockClaim),
+    /// An instance's `apply` starts: mark it in flight.
+    Applying {
+        mark: Mark,
+        run_id: String,
+        started_at: i64,
+    },
+    /// Its result is recorded (or a rollback handled it): unmark it.
+    Landed(Mark),
+}
+
+/// Which instance of which workflow run with which inventory an in-flight mark is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Mark {
+    pub workflow: String,
+    pub inventory: String,
+    pub key: RecordKey,
 }
 
 /// A run asking for the lock of (workflow, inventory).
@@ -136,6 +152,8 @@ pub(crate) trait Backend: Send {
     }
     fn load(&mut self, workflow: &str) -> Result<HashMap<RecordKey, Record>, JournalError>;
     fn pending_handlers(&mut self, workflow: &str) -> Result<Vec<(String, String)>, JournalError>;
+    /// The in-flight marks of (workflow, inventory).
+    fn in_flight(&mut self, workflow: &str, inventory: &str) -> Result<Vec<super::InFlight>, JournalError>;
     /// Take the lock, waiting in line up to `wait`; `Some(holder)` when it stays held.
     fn lock(
         &mut self,

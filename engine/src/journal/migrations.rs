@@ -73,6 +73,20 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
          CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
          CREATE INDEX records_by_run ON records (run_id);",
     },
+    // 3: in-flight marks. An instance that a rollback (`runs: on_failure`)
+    // may have to undo is marked when its `apply` starts and unmarked when
+    // its result is recorded; a mark left by a run that died tells the next
+    // run what to roll back first.
+    Migration {
+        sqlite: "CREATE TABLE in_flight (
+            workflow TEXT NOT NULL, inventory TEXT NOT NULL, step_id TEXT NOT NULL, item TEXT NOT NULL,
+            host TEXT NOT NULL, run_id TEXT NOT NULL, started_at INTEGER NOT NULL,
+            PRIMARY KEY (workflow, inventory, step_id, item, host));",
+        postgres: "CREATE TABLE in_flight (
+            workflow TEXT NOT NULL, inventory TEXT NOT NULL, step_id TEXT NOT NULL, item TEXT NOT NULL,
+            host TEXT NOT NULL, run_id TEXT NOT NULL, started_at BIGINT NOT NULL,
+            PRIMARY KEY (workflow, inventory, step_id, item, host));",
+    },
 ];
 
 /// The schema version this flowrun writes.

@@ -27,7 +27,7 @@ pub use location::Location;
 pub use pgurl::{PgTarget, SslMode};
 
 use crate::secrets::SecretKey;
-use backend::{Backend, LockClaim, Write};
+use backend::{Backend, LockClaim, Mark, Write};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -54,6 +54,15 @@ pub struct Record {
     /// Encrypted outputs, when they do.
     pub outputs_enc: Option<Vec<u8>>,
     pub run_id: String,
+}
+
+/// An instance whose `apply` started and whose result was never recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InFlight {
+    pub key: RecordKey,
+    /// The run that started it.
+    pub run_id: String,
+    pub started_at: i64,
 }
 
 /// A finished step instance, for `history`/`show`.
@@ -324,6 +333,29 @@ impl Journal {
         self.write(Write::Unlock(LockClaim::new(workflow, inventory, run_id)));
     }
 
+    /// Mark an instance in flight (its `apply` starts) and wait until the
+    /// mark is committed: a controller killed during the apply leaves it
+    /// behind for the next run, which rolls back first.
+    pub fn applying(&self, workflow: &str, inventory: &str, key: &RecordKey, run_id: &str) -> Result<(), JournalError> {
+        self.write(Write::Applying {
+            mark: mark(workflow, inventory, key),
+            run_id: run_id.to_owned(),
+            started_at: now(),
+        });
+        self.flush()
+    }
+
+    /// Unmark an instance: its result is recorded, or a rollback handled it.
+    pub fn landed(&self, workflow: &str, inventory: &str, key: &RecordKey) {
+        self.write(Write::Landed(mark(workflow, inventory, key)));
+    }
+
+    /// The in-flight marks of (workflow, inventory), oldest first.
+    pub fn in_flight(&self, workflow: &str, inventory: &str) -> Result<Vec<InFlight>, JournalError> {
+        let (wf, inv) = (workflow.to_owned(), inventory.to_owned());
+        self.ask(move |b| b.in_flight(&wf, &inv))
+    }
+
     pub fn begin_run(&self, row: RunRow) {
         self.write(Write::BeginRun(row));
     }
@@ -497,6 +529,14 @@ impl Journal {
         let (tx, rx) = mpsc::channel();
         self.send(Msg::Flush(tx));
         rx.recv().map_err(|_| JournalError::Gone)?
+    }
+}
+
+fn mark(workflow: &str, inventory: &str, key: &RecordKey) -> Mark {
+    Mark {
+        workflow: workflow.to_owned(),
+        inventory: inventory.to_owned(),
+        key: key.clone(),
     }
 }
 

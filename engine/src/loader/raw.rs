@@ -5,7 +5,7 @@
 
 use super::syntax::Text;
 use crate::diag::{Pos, Source};
-use crate::model::{Retry, StepDef};
+use crate::model::{Retry, Runs, StepDef};
 use crate::step::StepKind;
 use crate::yaml::Yaml;
 use serde_json::{Map, Value};
@@ -27,6 +27,7 @@ pub(super) struct RawStep {
     pub needs: Vec<Text>,
     /// The `needs` list itself (a cycle is reported there).
     pub needs_pos: Option<Pos>,
+    pub runs: Runs,
     pub notify: Vec<Text>,
     pub when: Option<Text>,
     pub for_each: Option<Yaml>,
@@ -79,6 +80,7 @@ impl RawStep {
             hosts: self.hosts.map_or_else(|| "localhost".to_owned(), |h| h.value),
             with,
             needs: self.needs.into_iter().map(|t| t.value).collect(),
+            runs: self.runs,
             notify: self.notify.into_iter().map(|t| t.value).collect(),
             when: self.when.map(|t| t.value),
             for_each: self.for_each.map(|v| v.to_json()),

@@ -6,8 +6,8 @@
 use super::params::check_params;
 use super::raw::RawStep;
 use super::syntax::{boolean, condition, duration, key_pos, string, text, text_list, unknown_key, Text};
-use crate::diag::{suggest, Diagnostic, Diagnostics, Source};
-use crate::model::Retry;
+use crate::diag::{did_you_mean, suggest, Diagnostic, Diagnostics, Source};
+use crate::model::{Retry, Runs};
 use crate::registry::Registry;
 use crate::step::StepKind;
 use crate::yaml::{YValue, Yaml};
@@ -20,6 +20,7 @@ pub(super) const STEP_KEYS: &[&str] = &[
     "uses",
     "with",
     "needs",
+    "runs",
     "notify",
     "when",
     "for_each",
@@ -168,6 +169,12 @@ fn fields(
         None => kind.info().journal,
         Some(v) => boolean(src, v, "journal", errs).unwrap_or(true),
     };
+    // A rollback or cleanup must run whenever it is called for.
+    let journal = journal
+        && !get("runs")
+            .and_then(Yaml::as_str)
+            .and_then(Runs::parse)
+            .is_some_and(Runs::handles_failures);
     let for_each = get("for_each").and_then(|v| match &v.value {
         YValue::Seq(_) | YValue::Str(_) => Some(v.clone()),
         _ => {
@@ -191,6 +198,18 @@ fn fields(
         );
     }
     let list = |key: &str, errs: &mut Diagnostics| get(key).map(|v| text_list(src, v, key, errs)).unwrap_or_default();
+    let needs = list("needs", errs);
+    let runs = parse_runs(src, node, needs.is_empty(), errs);
+    if runs.handles_failures() && get("journal").is_some_and(|v| matches!(v.value, YValue::Bool(true))) {
+        errs.push(Diagnostic::at(
+            src,
+            get("journal").map_or(node.pos, |v| v.pos),
+            format!(
+                "a `runs: {}` step always runs when it runs: it is never taken from the journal, so `journal: true` cannot hold",
+                runs.as_str()
+            ),
+        ));
+    }
     RawStep {
         source: src.clone(),
         handler,
@@ -198,8 +217,9 @@ fn fields(
         id,
         name: get("name").and_then(|v| string(src, v, "name", errs)),
         hosts: get("hosts").and_then(|v| text(src, v, "hosts", errs)),
-        needs: list("needs", errs),
+        needs,
         needs_pos: get("needs").map(|v| v.pos),
+        runs,
         notify: list("notify", errs),
         tags: list("tags", errs).into_iter().map(|t| t.value).collect(),
         when: get("when").and_then(|v| condition(src, v, "when", errs)),
@@ -218,6 +238,38 @@ fn fields(
         kind,
         with,
     }
+}
+
+/// `runs`: `on_success` (default), `on_failure` or `always`; the last two
+/// only on a step that needs others (they are about what those did).
+fn parse_runs(src: &Source, node: &Yaml, no_needs: bool, errs: &mut Diagnostics) -> Runs {
+    let Some(v) = node.get("runs") else {
+        return Runs::OnSuccess;
+    };
+    let word = v.scalar_text().unwrap_or_default();
+    let Some(runs) = Runs::parse(&word) else {
+        let mut d = Diagnostic::at(
+            src,
+            v.pos,
+            format!("`runs` must be `on_success`, `on_failure` or `always`, found `{word}`"),
+        );
+        if let Some(s) = did_you_mean(&word, Runs::WORDS.iter().copied()) {
+            d = d.help(format!("did you mean `{s}`?"));
+        }
+        errs.push(d);
+        return Runs::OnSuccess;
+    };
+    if runs.handles_failures() && no_needs {
+        errs.push(
+            Diagnostic::at(
+                src,
+                v.pos,
+                format!("a `runs: {word}` step acts on the steps it needs, and this one needs none"),
+            )
+            .help("add `needs: [...]` with the steps whose failure it handles"),
+        );
+    }
+    runs
 }
 
 /// `retry`: `{ attempts, delay, backoff, max_delay, jitter, deadline, until }`.

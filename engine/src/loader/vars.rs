@@ -71,6 +71,9 @@ impl KnownVars {
             "secrets" => self.secret_problem(path.get(1)?),
             "steps" => self.step_problem(path, step),
             _ if self.globals.contains(root) => None,
+            "failure" | "failures" => Some(format!(
+                "`{root}` is defined only in a step with `runs: on_failure` or `runs: always`"
+            )),
             _ => {
                 let mut m = format!("undefined variable `{root}`");
                 let mut candidates: Vec<&str> = self.globals.iter().map(String::as_str).collect();
@@ -157,7 +160,14 @@ impl KnownVars {
 
 /// Every template of a step: its references, and secrets kept off argv.
 pub(super) fn check_templates(step: &RawStep, known: &KnownVars, errs: &mut Diagnostics) {
-    let item: &[&str] = if step.for_each.is_some() { &["item"] } else { &[] };
+    let mut scope: Vec<&str> = Vec::new();
+    if step.for_each.is_some() {
+        scope.push("item");
+    }
+    if step.runs.handles_failures() {
+        scope.extend(["failure", "failures"]);
+    }
+    let item = scope.as_slice();
     let with_outputs: Vec<&str> = std::iter::once("outputs").chain(item.iter().copied()).collect();
     let mut check = |v: &Yaml, place: &str, extra: &[&str]| {
         visit_strings(v, &mut |s, pos| check_one(step, known, s, pos, place, extra, errs));
@@ -174,7 +184,12 @@ pub(super) fn check_templates(step: &RawStep, known: &KnownVars, errs: &mut Diag
         check(&text(t), "`when`", item);
     }
     if let Some(v) = &step.for_each {
-        check(v, "`for_each`", &[]);
+        let failures: &[&str] = if step.runs.handles_failures() {
+            &["failure", "failures"]
+        } else {
+            &[]
+        };
+        check(v, "`for_each`", failures);
     }
     if let Some(t) = &step.label {
         check(&text(t), "`label`", &["item"]);

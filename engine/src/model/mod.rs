@@ -108,6 +108,47 @@ impl Retry {
     }
 }
 
+/// When a step runs with respect to the steps it needs (`runs:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Runs {
+    /// When every step it needs succeeded (the default).
+    #[default]
+    OnSuccess,
+    /// Only when a step it needs failed, was unreachable or was cancelled on
+    /// its host in this run, or was left unfinished by a run that died: a
+    /// rollback.
+    OnFailure,
+    /// Whether its needs succeeded or not: a cleanup, like `finally`.
+    Always,
+}
+
+impl Runs {
+    pub const WORDS: &'static [&'static str] = &["on_success", "on_failure", "always"];
+
+    pub fn parse(word: &str) -> Option<Self> {
+        Some(match word {
+            "on_success" => Self::OnSuccess,
+            "on_failure" => Self::OnFailure,
+            "always" => Self::Always,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OnSuccess => "on_success",
+            Self::OnFailure => "on_failure",
+            Self::Always => "always",
+        }
+    }
+
+    /// A rollback or cleanup step: it runs after failures of its needs and
+    /// sees them as `failure` and `failures`.
+    pub fn handles_failures(self) -> bool {
+        self != Self::OnSuccess
+    }
+}
+
 /// A step (or handler) definition.
 #[derive(Clone)]
 pub struct StepDef {
@@ -118,6 +159,8 @@ pub struct StepDef {
     pub hosts: String,
     pub with: Map<String, Value>,
     pub needs: Vec<String>,
+    /// After which outcomes of its needs it runs.
+    pub runs: Runs,
     pub notify: Vec<String>,
     pub when: Option<String>,
     pub for_each: Option<Value>,

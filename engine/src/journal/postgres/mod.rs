@@ -12,7 +12,7 @@ mod rows;
 use super::backend::{Backend, Item, LockClaim, Pruned, Stats, Write};
 use super::migrations::MIGRATIONS;
 use super::pgurl::{PgHost, PgTarget};
-use super::{JournalError, LockHolder, Record, RecordKey, RunRow, RunStep};
+use super::{InFlight, JournalError, LockHolder, Record, RecordKey, RunRow, RunStep};
 use postgres::error::SqlState;
 use postgres::{Client, NoTls};
 use std::collections::HashMap;
@@ -257,6 +257,29 @@ impl Backend for Postgres {
             .query("SELECT host, handler FROM pending_handlers WHERE workflow = $1", &[&wf])
             .map_err(|e| self.err(&e))?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    fn in_flight(&mut self, wf: &str, inventory: &str) -> Result<Vec<InFlight>, JournalError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT step_id, item, host, run_id, started_at FROM in_flight WHERE workflow = $1 AND inventory = $2
+                 ORDER BY started_at, step_id, item, host",
+                &[&wf, &inventory],
+            )
+            .map_err(|e| self.err(&e))?;
+        Ok(rows
+            .iter()
+            .map(|r| InFlight {
+                key: RecordKey {
+                    step_id: r.get(0),
+                    item: r.get(1),
+                    host: r.get(2),
+                },
+                run_id: r.get(3),
+                started_at: r.get(4),
+            })
+            .collect())
     }
 
     fn lock(

@@ -50,6 +50,7 @@ type Sql = Result<(), postgres::Error>;
 /// Apply a burst of writes in one transaction; the unlocks to do after it.
 pub(super) fn write(pg: &mut Postgres, batch: &[Write]) -> Result<Vec<LockClaim>, JournalError> {
     let (mut runs, mut steps, mut records, mut pending, mut unlocks) = (vec![], vec![], vec![], vec![], vec![]);
+    let mut marks = vec![];
     for w in batch {
         match w {
             Write::BeginRun(_) | Write::FinishRun { .. } => runs.push(w),
@@ -57,6 +58,7 @@ pub(super) fn write(pg: &mut Postgres, batch: &[Write]) -> Result<Vec<LockClaim>
             Write::Put { .. } | Write::Delete { .. } => records.push(w),
             Write::Notify { .. } | Write::Notified { .. } => pending.push(w),
             Write::Unlock(c) => unlocks.push(c.clone()),
+            Write::Applying { .. } | Write::Landed(_) => marks.push(w),
         }
     }
     let result = (|| -> Sql {
@@ -74,6 +76,9 @@ pub(super) fn write(pg: &mut Postgres, batch: &[Write]) -> Result<Vec<LockClaim>
         record_writes(&mut tx, &records)?;
         for w in pending {
             pending_write(&mut tx, w)?;
+        }
+        for w in marks {
+            mark_write(&mut tx, w)?;
         }
         for c in &unlocks {
             tx.execute(
@@ -119,6 +124,43 @@ fn pending_write(tx: &mut Transaction<'_>, w: &Write) -> Sql {
         } => tx.execute(
             "DELETE FROM pending_handlers WHERE workflow = $1 AND host = $2 AND handler = $3",
             &[workflow, host, handler],
+        )?,
+        _ => 0,
+    };
+    Ok(())
+}
+
+/// In-flight marks, in order (a few per run: only instances a rollback may undo).
+fn mark_write(tx: &mut Transaction<'_>, w: &Write) -> Sql {
+    match w {
+        Write::Applying {
+            mark,
+            run_id,
+            started_at,
+        } => tx.execute(
+            "INSERT INTO in_flight (workflow, inventory, step_id, item, host, run_id, started_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (workflow, inventory, step_id, item, host) DO UPDATE SET run_id = excluded.run_id,
+                started_at = excluded.started_at",
+            &[
+                &mark.workflow,
+                &mark.inventory,
+                &mark.key.step_id,
+                &mark.key.item,
+                &mark.key.host,
+                run_id,
+                started_at,
+            ],
+        )?,
+        Write::Landed(mark) => tx.execute(
+            "DELETE FROM in_flight WHERE workflow = $1 AND inventory = $2 AND step_id = $3 AND item = $4 AND host = $5",
+            &[
+                &mark.workflow,
+                &mark.inventory,
+                &mark.key.step_id,
+                &mark.key.item,
+                &mark.key.host,
+            ],
         )?,
         _ => 0,
     };

@@ -7,7 +7,7 @@ mod rows;
 
 use super::backend::{Backend, Item, LockClaim, Pruned, Stats, WorkflowStats, Write};
 use super::migrations::MIGRATIONS;
-use super::{now, JournalError, LockHolder, Record, RecordKey, RunRow, RunStep};
+use super::{now, InFlight, JournalError, LockHolder, Record, RecordKey, RunRow, RunStep};
 use rows::{export, import_one, run_row, step_row, write_one, RUN_COLS, STEP_COLS};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::HashMap;
@@ -242,6 +242,25 @@ impl Backend for Sqlite {
             .conn
             .prepare_cached("SELECT host, handler FROM pending_handlers WHERE workflow = ?1")?;
         let rows = st.query_map([wf], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn in_flight(&mut self, wf: &str, inventory: &str) -> Result<Vec<InFlight>, JournalError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT step_id, item, host, run_id, started_at FROM in_flight WHERE workflow = ?1 AND inventory = ?2
+             ORDER BY started_at, rowid",
+        )?;
+        let rows = st.query_map([wf, inventory], |r| {
+            Ok(InFlight {
+                key: RecordKey {
+                    step_id: r.get(0)?,
+                    item: r.get(1)?,
+                    host: r.get(2)?,
+                },
+                run_id: r.get(3)?,
+                started_at: r.get(4)?,
+            })
+        })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 

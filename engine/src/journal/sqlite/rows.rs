@@ -51,6 +51,37 @@ pub(super) fn write_one(tx: &rusqlite::Transaction<'_>, w: &Write) -> rusqlite::
                 params![workflow, host, handler],
             )?;
         }
+        Write::Applying {
+            mark,
+            run_id,
+            started_at,
+        } => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO in_flight (workflow, inventory, step_id, item, host, run_id, started_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                mark.workflow,
+                mark.inventory,
+                mark.key.step_id,
+                mark.key.item,
+                mark.key.host,
+                run_id,
+                started_at
+            ])?;
+        }
+        Write::Landed(mark) => {
+            tx.prepare_cached(
+                "DELETE FROM in_flight WHERE workflow = ?1 AND inventory = ?2 AND step_id = ?3 AND item = ?4 AND host = ?5",
+            )?
+            .execute(params![
+                mark.workflow,
+                mark.inventory,
+                mark.key.step_id,
+                mark.key.item,
+                mark.key.host
+            ])?;
+        }
     }
     Ok(())
 }
