@@ -507,7 +507,18 @@ impl StepContext {
 
     /// Run a shell script on the target; a non-zero exit is an error carrying stderr.
     pub async fn sh(&self, script: &str) -> Result<ExecOutput, StepError> {
-        let out = self.exec(ExecRequest::shell(script)).await?;
+        self.sh_request(ExecRequest::shell(script), script).await
+    }
+
+    /// As [`sh`](Self::sh), for a short probe or file operation (never a
+    /// user's command): a remote transport may send it together with other
+    /// quick requests of the host ([`ExecRequest::quick`]).
+    pub async fn sh_quick(&self, script: &str) -> Result<ExecOutput, StepError> {
+        self.sh_request(ExecRequest::shell(script).quick(), script).await
+    }
+
+    async fn sh_request(&self, req: ExecRequest, script: &str) -> Result<ExecOutput, StepError> {
+        let out = self.exec(req).await?;
         if out.rc != 0 {
             return Err(StepError::failed(out.failure_message(script)));
         }

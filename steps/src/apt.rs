@@ -180,7 +180,9 @@ impl AptStep {
     }
 
     async fn facts(&self, cx: &StepContext) -> Result<Facts, StepError> {
-        let out = cx.sh(&query::script(&self.specs, self.state == State::Latest)).await?;
+        let out = cx
+            .sh_quick(&query::script(&self.specs, self.state == State::Latest))
+            .await?;
         let text = out.stdout_str();
         if text.contains(query::NO_APT) {
             return Err(StepError::failed(

@@ -365,7 +365,7 @@ impl Step for AptRepoStep {
             group: Some("root".into()),
         };
         if changes.iter().any(|(p, c, _)| c.is_some() && p.starts_with(KEYRINGS)) {
-            cx.sh(&format!("[ -d {KEYRINGS} ] || install -d -m 0755 {KEYRINGS}"))
+            cx.sh_quick(&format!("[ -d {KEYRINGS} ] || install -d -m 0755 {KEYRINGS}"))
                 .await?;
         }
         // Keys first: a source never names a key that is not there yet.
@@ -374,7 +374,7 @@ impl Step for AptRepoStep {
             match content {
                 Some(c) => cx.write_file(path, c, &attrs).await?,
                 None => {
-                    cx.sh(&format!("rm -f -- {}", quote(path))).await?;
+                    cx.sh_quick(&format!("rm -f -- {}", quote(path))).await?;
                 }
             }
         }

@@ -100,7 +100,11 @@ impl Attrs {
     /// Set these attributes on `path` (and everything below it with `recurse`).
     pub async fn fix(&self, cx: &StepContext, path: &str, recurse: bool) -> Result<(), StepError> {
         if let Some(script) = self.fix_script(path, recurse) {
-            cx.sh(&script).await?;
+            if recurse {
+                cx.sh(&script).await?;
+            } else {
+                cx.sh_quick(&script).await?;
+            }
         }
         Ok(())
     }

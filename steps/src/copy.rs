@@ -77,11 +77,9 @@ pub struct ContentStep {
     sha256: String,
     attrs: Attrs,
     backup: bool,
-    /// What `check` last found, so that `apply` does not look again.
-    planned: std::sync::Mutex<Option<Option<Change>>>,
 }
 
-/// What a check found: the change to make.
+/// What a check found: the change to make (carried to `apply` in [`Pending`]).
 #[derive(Clone)]
 enum Change {
     Create,
@@ -105,7 +103,6 @@ impl ContentStep {
             content,
             attrs: Attrs::from_params(p)?,
             backup: p.bool_or("backup", false)?,
-            planned: std::sync::Mutex::new(None),
         })
     }
 
@@ -160,31 +157,28 @@ impl Step for ContentStep {
     async fn check(&self, cx: &StepContext) -> Result<Check, StepError> {
         let dest = &self.dest;
         let (change, old) = self.plan(cx).await?;
-        *self.planned.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(change.clone());
-        let summary = match change {
-            None => return Ok(Check::InSync(self.outputs(None))),
-            Some(Change::Attrs(changes)) => {
-                return Ok(Check::Drift(Pending::new(format!("`{dest}`: {}", changes.join(", ")))));
-            }
-            Some(Change::Create) => format!("create `{dest}` ({} bytes)", self.content.len()),
-            Some(Change::Replace) => format!("update `{dest}`"),
+        let Some(change) = change else {
+            return Ok(Check::InSync(self.outputs(None)));
         };
-        let mut pending = Pending::new(summary);
+        let summary = match &change {
+            Change::Attrs(changes) => {
+                let summary = format!("`{dest}`: {}", changes.join(", "));
+                return Ok(Check::Drift(Pending::new(summary).with_observation(change)));
+            }
+            Change::Create => format!("create `{dest}` ({} bytes)", self.content.len()),
+            Change::Replace => format!("update `{dest}`"),
+        };
+        let mut pending = Pending::new(summary).with_observation(change);
         if cx.mode.diff {
             pending = pending.with_diff(file_diff(dest, old.as_deref(), &self.content, &cx.masker));
         }
         Ok(Check::Drift(pending))
     }
 
-    async fn apply(&self, cx: &StepContext, _pending: Pending) -> Result<Applied, StepError> {
+    async fn apply(&self, cx: &StepContext, mut pending: Pending) -> Result<Applied, StepError> {
         let mut backup_file = None;
-        let planned = self
-            .planned
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        let change = match planned {
-            Some(change) => change,
+        let change = match pending.observed::<Change>() {
+            Some(change) => Some(change),
             None => self.plan(cx).await?.0,
         };
         // One command: write, attributes and rename together.

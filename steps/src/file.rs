@@ -76,7 +76,6 @@ impl StepKind for FileStepKind {
             state,
             attrs,
             recurse,
-            seen: std::sync::Mutex::new(None),
         }))
     }
 }
@@ -94,9 +93,11 @@ struct FileStep {
     state: State,
     attrs: Attrs,
     recurse: bool,
-    /// Whether the path existed when `check` last looked: `apply` acts on it
-    /// without looking again.
-    seen: std::sync::Mutex<Option<bool>>,
+}
+
+/// What `check` saw, carried to `apply` in [`Pending`] so it need not look again.
+struct Seen {
+    exists: bool,
 }
 
 impl FileStep {
@@ -107,14 +108,22 @@ impl FileStep {
     }
 
     /// What must change, or `None` when in state.
-    async fn plan(&self, cx: &StepContext) -> Result<Option<String>, StepError> {
+    async fn plan(&self, cx: &StepContext) -> Result<Option<Pending>, StepError> {
+        let st = cx.metadata(&self.path).await?;
+        let exists = st.is_some();
+        let summary = self.summary(cx, st).await?;
+        Ok(summary.map(|s| Pending::new(s).with_observation(Seen { exists })))
+    }
+
+    /// The change's summary, from the stat of the path (`None` when absent).
+    async fn summary(&self, cx: &StepContext, st: Option<FileStat>) -> Result<Option<String>, StepError> {
         let path = &self.path;
-        let st = cx.metadata(path).await?;
-        *self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(st.is_some());
         let st = match (self.state, st) {
             // A dangling symbolic link does not stat, but is still there to remove.
             (State::Absent, None) => {
-                let link = cx.exec(ExecRequest::shell(format!("test -L {}", quote(path)))).await?;
+                let link = cx
+                    .exec(ExecRequest::shell(format!("test -L {}", quote(path))).quick())
+                    .await?;
                 return Ok((link.rc == 0).then(|| format!("remove symbolic link `{path}`")));
             }
             (State::Absent, Some(st)) => return Ok(Some(format!("remove {} `{path}`", kind_name(st.kind)))),
@@ -169,34 +178,45 @@ impl Step for FileStep {
     async fn check(&self, cx: &StepContext) -> Result<Check, StepError> {
         Ok(match self.plan(cx).await? {
             None => Check::InSync(self.outputs()),
-            Some(summary) => Check::Drift(Pending::new(summary)),
+            Some(pending) => Check::Drift(pending),
         })
     }
 
     /// One command: create what is missing, then set the attributes.
-    async fn apply(&self, cx: &StepContext, _pending: Pending) -> Result<Applied, StepError> {
+    async fn apply(&self, cx: &StepContext, mut pending: Pending) -> Result<Applied, StepError> {
         let p = quote(&self.path);
         if self.state == State::Absent {
             cx.sh(&format!("rm -rf -- {p}")).await?;
             return Ok(Applied::changed(self.outputs()));
         }
-        let seen = *self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let exists = match seen {
-            Some(e) => e,
+        let exists = match pending.observed::<Seen>() {
+            Some(seen) => seen.exists,
             None => cx.metadata(&self.path).await?.is_some(),
         };
-        let create = match self.state {
-            State::Directory if !exists => Some(format!("mkdir -p -- {p}")),
-            State::Touch if !exists => Some(format!("touch -- {p}")),
-            _ => None,
+        // A new directory with only a mode gets it from `mkdir -m`: one process.
+        let only_mode = self.attrs.owner.is_none() && self.attrs.group.is_none() && !self.recurse;
+        let (create, fix) = match (self.state, self.attrs.mode) {
+            (State::Directory, Some(m)) if !exists && only_mode => (Some(format!("mkdir -p -m {m:04o} -- {p}")), None),
+            (State::Directory, _) if !exists => (
+                Some(format!("mkdir -p -- {p}")),
+                self.attrs.fix_script(&self.path, self.recurse),
+            ),
+            (State::Touch, _) if !exists => (
+                Some(format!("touch -- {p}")),
+                self.attrs.fix_script(&self.path, self.recurse),
+            ),
+            _ => (None, self.attrs.fix_script(&self.path, self.recurse)),
         };
-        let fix = self.attrs.fix_script(&self.path, self.recurse);
         let script = match (create, fix) {
             (Some(c), Some(f)) => Some(format!("{c} && {f}")),
             (c, f) => c.or(f),
         };
         if let Some(script) = script {
-            cx.sh(&script).await?;
+            if self.recurse {
+                cx.sh(&script).await?;
+            } else {
+                cx.sh_quick(&script).await?;
+            }
         }
         Ok(Applied::changed(self.outputs()))
     }

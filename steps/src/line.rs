@@ -86,7 +86,6 @@ impl StepKind for LineKind {
             present,
             create: p.bool_or("create", false)?,
             attrs: Attrs::from_params(&p)?,
-            planned: std::sync::Mutex::new(None),
         }))
     }
 }
@@ -98,8 +97,6 @@ struct LineStep {
     present: bool,
     create: bool,
     attrs: Attrs,
-    /// What `check` last found, so that `apply` does not look again.
-    planned: std::sync::Mutex<Option<Plan>>,
 }
 
 /// A content change: the new content and what it does.
@@ -254,17 +251,15 @@ impl Step for LineStep {
                 Check::Drift(pending)
             }
         };
-        *self.planned.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(plan);
-        Ok(check)
+        Ok(match check {
+            // What the check found goes to `apply`, so it need not read the file again.
+            Check::Drift(pending) => Check::Drift(pending.with_observation(plan)),
+            in_sync => in_sync,
+        })
     }
 
-    async fn apply(&self, cx: &StepContext, _pending: Pending) -> Result<Applied, StepError> {
-        let planned = self
-            .planned
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        let plan = match planned {
+    async fn apply(&self, cx: &StepContext, mut pending: Pending) -> Result<Applied, StepError> {
+        let plan = match pending.observed::<Plan>() {
             Some(plan) => plan,
             None => self.plan(cx).await?,
         };
@@ -393,7 +388,6 @@ mod tests {
             present: true,
             create: false,
             attrs: Attrs::default(),
-            planned: std::sync::Mutex::new(None),
         };
         let e = s.edit(Some(b"\xff\xfe\nk=old\n")).unwrap().unwrap();
         assert_eq!(e.content, b"\xff\xfe\nk=v\n");

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark (figures, not assertions): flowrun, Ansible and
 # pyinfra on the same N real sshd hosts on loopback and the same ten-step
-# workload. Usage: tests/bench/peers.sh [--flowrun-only] [--repeat R] [N...]
+# workload. Usage: tests/bench/peers.sh [--flowrun-only] [--repeat R] [--ssh-kex ALG] [N...]
 # (default: 10 hosts, once). The peers are installed from PyPI into a private
 # virtualenv under the cache directory (not in the repository) when missing.
 set -euo pipefail

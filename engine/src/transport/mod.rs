@@ -123,6 +123,11 @@ pub struct ExecRequest {
     pub chdir: Option<String>,
     pub become_: Option<Become>,
     pub timeout: Option<Duration>,
+    /// A short operation by nature (a probe, a file operation: stat, read,
+    /// atomic write, mkdir, chmod), never a user's command: a remote
+    /// transport may queue it behind other quick requests of the host and
+    /// send them in one round trip, instead of giving it a channel of its own.
+    pub quick: bool,
 }
 
 impl ExecRequest {
@@ -146,7 +151,15 @@ impl ExecRequest {
             chdir: None,
             become_: None,
             timeout: None,
+            quick: false,
         }
+    }
+
+    /// Mark the request [`quick`](Self::quick).
+    #[must_use]
+    pub fn quick(mut self) -> Self {
+        self.quick = true;
+        self
     }
 
     #[must_use]
@@ -277,7 +290,11 @@ pub trait Transport: Send + Sync {
     /// Metadata of `path` with a regular file's SHA-256, or `None` when it does not exist.
     async fn stat(&self, path: &str, become_: Option<&Become>) -> Result<Option<FileStat>, TransportError> {
         let out = self
-            .exec(ExecRequest::shell(shell::stat_script(path, true)).become_(become_.cloned()))
+            .exec(
+                ExecRequest::shell(shell::stat_script(path, true))
+                    .quick()
+                    .become_(become_.cloned()),
+            )
             .await?;
         shell::parse_stat(path, &out)
     }
@@ -285,7 +302,11 @@ pub trait Transport: Send + Sync {
     /// Metadata of `path` without hashing its content (cheaper), or `None` when it does not exist.
     async fn metadata(&self, path: &str, become_: Option<&Become>) -> Result<Option<FileStat>, TransportError> {
         let out = self
-            .exec(ExecRequest::shell(shell::stat_script(path, false)).become_(become_.cloned()))
+            .exec(
+                ExecRequest::shell(shell::stat_script(path, false))
+                    .quick()
+                    .become_(become_.cloned()),
+            )
             .await?;
         shell::parse_stat(path, &out)
     }
@@ -294,7 +315,11 @@ pub trait Transport: Send + Sync {
     /// one round trip; `None` when it does not exist.
     async fn read_with_stat(&self, path: &str, become_: Option<&Become>) -> Result<StatAndContent, TransportError> {
         let out = self
-            .exec(ExecRequest::shell(shell::read_stat_script(path)).become_(become_.cloned()))
+            .exec(
+                ExecRequest::shell(shell::read_stat_script(path))
+                    .quick()
+                    .become_(become_.cloned()),
+            )
             .await?;
         shell::parse_read_stat(path, out)
     }
@@ -302,7 +327,11 @@ pub trait Transport: Send + Sync {
     /// Content of `path`, or `None` when it does not exist.
     async fn read_file(&self, path: &str, become_: Option<&Become>) -> Result<Option<Vec<u8>>, TransportError> {
         let out = self
-            .exec(ExecRequest::shell(shell::read_script(path)).become_(become_.cloned()))
+            .exec(
+                ExecRequest::shell(shell::read_script(path))
+                    .quick()
+                    .become_(become_.cloned()),
+            )
             .await?;
         shell::parse_read(path, out)
     }
@@ -316,8 +345,9 @@ pub trait Transport: Send + Sync {
         attrs: &FileAttrs,
         become_: Option<&Become>,
     ) -> Result<(), TransportError> {
-        let req = ExecRequest::shell(shell::write_script(path, attrs))
+        let req = ExecRequest::shell(shell::write_script(path, attrs, None))
             .stdin(content.to_vec())
+            .quick()
             .become_(become_.cloned());
         let out = self.exec(req).await?;
         if out.rc != 0 {

@@ -237,19 +237,40 @@ pub fn parse_read(path: &str, out: ExecOutput) -> Result<Option<Vec<u8>>, Transp
     }
 }
 
-/// Content arrives on stdin into a new temp file beside the target (created
-/// exclusively under a random name: `set -C`), which gets its attributes (or
-/// the old file's) and is renamed over the target. Only `cat`, `chmod`,
-/// `chown` (when needed) and `mv` run.
-pub fn write_script(path: &str, attrs: &FileAttrs) -> String {
+/// Largest content [`write_script`] carries inline (the helper reads a
+/// script line by line, which gets slow for long ones).
+pub const INLINE_MAX: usize = 16 * 1024;
+
+/// Whether `content` can travel inline in a script: text, no NUL, not long.
+pub fn inline_text(content: &[u8]) -> Option<&str> {
+    if content.len() > INLINE_MAX || content.contains(&0) {
+        return None;
+    }
+    std::str::from_utf8(content).ok()
+}
+
+/// Write a new temp file beside the target (created exclusively under a
+/// random name: `set -C`), give it its attributes (or the old file's), and
+/// rename it over the target. The content arrives on stdin (`cat` writes it),
+/// or is `inline` in the script, written by the shell's `printf` builtin (use
+/// it only where `printf` is a builtin: the content must stay out of argv).
+/// Besides, only `chmod` (for a mode, or the old file's), `chown` (for an
+/// owner or group, or the old file's when it differs) and `mv` run.
+pub fn write_script(path: &str, attrs: &FileAttrs, inline: Option<&str>) -> String {
     let p = quote(path);
     let mut r = [0u8; 6];
     let _ = getrandom::fill(&mut r);
     let tag = crate::transport::local::hex(&r);
     let mut s = format!(
         "set -e; p={p}; case $p in */*) d=${{p%/*}};; *) d=.;; esac; [ -n \"$d\" ] || d=/; \
-         t=\"$d/.flowrun.$$.{tag}\"; trap 'rm -f \"$t\"' EXIT; (set -C; exec cat > \"$t\"); "
+         t=\"$d/.flowrun.$$.{tag}\"; trap 'rm -f \"$t\"' EXIT; set -C; "
     );
+    match inline {
+        Some(text) => {
+            let _ = write!(s, "printf '%s' {} >\"$t\"; set +C; ", quote(text));
+        }
+        None => s.push_str("cat >\"$t\"; set +C; "),
+    }
     match attrs.mode {
         Some(m) => {
             let _ = write!(s, "chmod {m:o} \"$t\"; ");
@@ -258,7 +279,11 @@ pub fn write_script(path: &str, attrs: &FileAttrs) -> String {
         None => s.push_str("if [ -e \"$p\" ]; then chmod --reference=\"$p\" \"$t\"; fi; "),
     }
     match (&attrs.owner, &attrs.group) {
-        (None, None) => s.push_str("if [ -e \"$p\" ]; then chown --reference=\"$p\" \"$t\" 2>/dev/null || true; fi; "),
+        // The temp file is ours (and in a setgid directory, the directory's group).
+        (None, None) => s.push_str(
+            "if [ -e \"$p\" ] && ! { [ -O \"$p\" ] && [ -G \"$p\" ] && ! [ -g \"$d\" ]; }; then \
+             chown --reference=\"$p\" \"$t\" 2>/dev/null || true; fi; ",
+        ),
         (o, g) => {
             let spec = format!(
                 "{}{}",

@@ -17,6 +17,11 @@
 //!   with `become` goes to a helper started once through `sudo -n -H -u USER`.
 //!   The channel's command line, handed to the user's login shell, must
 //!   parse as POSIX (sh, bash, dash, zsh, ksh do; csh does not).
+//! - Quick requests (probes and file operations, marked by the caller:
+//!   [`ExecRequest::quick`]) queue per host and go to a helper in batches,
+//!   one write and one round trip for all of them (`ssh/queue.rs`), so a
+//!   host usually needs one helper; a user's command gets a helper of its
+//!   own (an idle one, or a batch's once it is done, or a new channel).
 //! - At most [`SshOptions::max_sessions`] helpers (channels) live and run
 //!   commands at once on a host, below sshd's `MaxSessions` (10 channels per
 //!   connection).
@@ -36,15 +41,16 @@ mod connector;
 mod helper;
 mod helpers;
 mod options;
+mod queue;
 
 pub use connector::SshConnector;
 pub use options::{default_control_dir, SshOptions, SSHD_MAX_SESSIONS};
 
-use super::{shell, Become, ExecOutput, ExecRequest, Program, RemoteStats, Transport, TransportError};
+use super::{shell, Become, ExecOutput, ExecRequest, FileAttrs, Program, RemoteStats, Transport, TransportError};
 use crate::host::Host;
 use async_trait::async_trait;
 use connect::Target;
-use helper::{Failure, Helper, NotStarted};
+use helper::{Failure, Helper, NotStarted, Request};
 use helpers::{Helpers, Lease};
 use openssh::{Session, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,6 +60,10 @@ use tokio::sync::{Mutex, Semaphore};
 
 /// How long after the remote `timeout` (and its 5 s kill grace) the local deadline falls.
 const LOCAL_GRACE: Duration = Duration::from_secs(7);
+
+/// How long a request waits for the helper of a running batch before it
+/// opens a channel of its own (which costs tens of ms).
+const BATCH_WAIT: Duration = Duration::from_millis(25);
 
 /// Where the address comes from: fixed at construction, or read from the host
 /// when connecting (a host created during the run gets its address late).
@@ -72,6 +82,11 @@ struct State {
 
 /// A connection to one host over SSH.
 pub struct SshTransport {
+    inner: Arc<Inner>,
+}
+
+/// The transport's state, shared with the tasks that drive batches of quick requests.
+struct Inner {
     target: Target,
     address: Address,
     opts: SshOptions,
@@ -81,14 +96,15 @@ pub struct SshTransport {
     attempts: AtomicU64,
     permits: Semaphore,
     helpers: Helpers,
+    quick: queue::Queue,
     stats: RemoteStats,
 }
 
 impl std::fmt::Debug for SshTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SshTransport")
-            .field("host", &self.target.name)
-            .field("address", &self.address)
+            .field("host", &self.inner.target.name)
+            .field("address", &self.inner.address)
             .finish_non_exhaustive()
     }
 }
@@ -97,7 +113,7 @@ impl SshTransport {
     /// Connect to `host` now; its address is read once, here.
     pub async fn connect(host: &Host, opts: &SshOptions) -> Result<Self, TransportError> {
         let t = Self::build(host, Address::Fixed(host.address()), opts)?;
-        t.session().await?;
+        t.inner.session().await?;
         Ok(t)
     }
 
@@ -123,18 +139,28 @@ impl SshTransport {
             Some(write_config(&target, opts)?)
         };
         Ok(Self {
-            target,
-            address,
-            opts: opts.clone(),
-            config,
-            state: Mutex::new(State::default()),
-            attempts: AtomicU64::new(0),
-            permits: Semaphore::new(opts.max_sessions),
-            helpers: Helpers::default(),
-            stats: RemoteStats::with_parent(super::remote_stats()),
+            inner: Arc::new(Inner {
+                target,
+                address,
+                opts: opts.clone(),
+                config,
+                state: Mutex::new(State::default()),
+                attempts: AtomicU64::new(0),
+                permits: Semaphore::new(opts.max_sessions),
+                helpers: Helpers::default(),
+                quick: queue::Queue::default(),
+                stats: RemoteStats::with_parent(super::remote_stats()),
+            }),
         })
     }
 
+    /// Remote commands this transport sent (requests to its helpers).
+    pub fn commands_sent(&self) -> u64 {
+        self.inner.stats.commands()
+    }
+}
+
+impl Inner {
     fn address(&self) -> String {
         match &self.address {
             Address::Fixed(a) => a.clone(),
@@ -157,8 +183,10 @@ impl SshTransport {
         }
         let n = self.attempts.fetch_add(1, Ordering::AcqRel) + 1;
         let config = self.config.as_ref().map(tempfile::NamedTempFile::path);
+        let t0 = Instant::now();
         match connect::open(&self.target, &self.address(), &self.opts, config).await {
             Ok(s) => {
+                tracing::debug!("`{}`: connected in {:?}", self.target.name, t0.elapsed());
                 let s = Arc::new(s);
                 st.session = Some(s.clone());
                 st.failure = None;
@@ -217,15 +245,17 @@ impl SshTransport {
     async fn lease(&self, user: Option<&str>) -> Result<Lease<'_>, TransportError> {
         let session = self.session().await?;
         if let Some(h) = self.helpers.take_idle(&session, user, self.opts.max_sessions) {
-            return Ok(Lease::new(self, h));
+            return Ok(Lease::new(&self.helpers, h));
         }
-        let reserved = Lease::reserve(self);
+        let reserved = Lease::reserve(&self.helpers);
         let (session, child) = self.spawn(&helper::start_command(user)).await?;
-        match Helper::start(session.clone(), child, user.map(str::to_owned)).await {
+        let facts = self.helpers.facts();
+        let known = facts.as_ref().map(|f| (f, user.unwrap_or(&f.login_user)));
+        match Helper::start(session.clone(), child, user.map(str::to_owned), known).await {
             Ok(h) => {
                 self.stats.add_session();
-                if user.is_none() {
-                    self.helpers.set_login_user(&h.whoami);
+                if user.is_none() && facts.is_none() {
+                    self.helpers.set_facts(h.facts());
                 }
                 tracing::debug!("`{}`: remote helper started as `{}`", self.target.name, h.whoami);
                 Ok(reserved.fill(h))
@@ -249,21 +279,19 @@ impl SshTransport {
         }
     }
 
-    /// Run one request on a helper. A helper that died before the request
-    /// started ran nothing: the request goes to a new one, once.
-    async fn run_request(
-        &self,
-        user: Option<&str>,
-        script: &str,
-        stdin: Option<&[u8]>,
-        timeout: u64,
-    ) -> Result<ExecOutput, TransportError> {
+    /// Run one request on a helper of its own. A helper that died before the
+    /// request started ran nothing: the request goes to a new one, once.
+    async fn run_request(&self, user: Option<&str>, req: Request<'_>) -> Result<ExecOutput, TransportError> {
+        if self.quick.driving(user) {
+            // A batch's helper is back in a few ms: cheaper than a new channel.
+            self.helpers.wait_idle(user, BATCH_WAIT).await;
+        }
         for attempt in 0..2 {
             let mut lease = self.lease(user).await?;
             self.stats.add_command();
             let h = lease.helper();
             let session = h.session.clone();
-            match h.run(script, stdin, timeout).await {
+            match h.run(req).await {
                 Ok(out) => {
                     lease.release();
                     return Ok(out);
@@ -274,35 +302,48 @@ impl SshTransport {
                 }
                 Err(Failure::Died { started }) => {
                     drop(lease);
-                    if session.check().await.is_err() {
-                        self.invalidate(&session).await;
-                        if started || attempt == 1 {
-                            let when = if started {
-                                "while running a command"
-                            } else {
-                                "before the command started"
-                            };
-                            return Err(self.dropped(when));
-                        }
-                        continue;
-                    }
-                    if started {
-                        return Ok(ExecOutput {
-                            rc: -1,
-                            stdout: Vec::new(),
-                            stderr: b"(the remote command was killed by a signal)\n".to_vec(),
-                        });
-                    }
-                    if attempt == 1 {
-                        return Err(TransportError::Failed(format!(
-                            "ssh to `{}`: the shell on the host exited before running the command",
-                            self.target.name
-                        )));
+                    if let Some(end) = self.after_death(&session, started, attempt).await {
+                        return end;
                     }
                 }
             }
         }
         unreachable!("the loop returns")
+    }
+
+    /// What a request whose helper died comes to: `None` to try again on a new helper.
+    async fn after_death(
+        &self,
+        session: &Arc<Session>,
+        started: bool,
+        attempt: u32,
+    ) -> Option<Result<ExecOutput, TransportError>> {
+        if session.check().await.is_err() {
+            self.invalidate(session).await;
+            if started || attempt == 1 {
+                let when = if started {
+                    "while running a command"
+                } else {
+                    "before the command started"
+                };
+                return Some(Err(self.dropped(when)));
+            }
+            return None;
+        }
+        if started {
+            return Some(Ok(ExecOutput {
+                rc: -1,
+                stdout: Vec::new(),
+                stderr: b"(the remote command was killed by a signal)\n".to_vec(),
+            }));
+        }
+        if attempt == 1 {
+            return Some(Err(TransportError::Failed(format!(
+                "ssh to `{}`: the shell on the host exited before running the command",
+                self.target.name
+            ))));
+        }
+        None
     }
 
     /// The `become` user a request needs a helper for: `None` when it is the login user.
@@ -315,9 +356,64 @@ impl SshTransport {
         Ok((self.helpers.login_user().as_deref() != Some(b.user.as_str())).then(|| b.user.clone()))
     }
 
-    /// Remote commands this transport sent (requests to its helpers).
-    pub fn commands_sent(&self) -> u64 {
-        self.stats.commands()
+    /// One request, on a helper of its own or (quick ones) in a batch; under
+    /// the request's remote and local deadlines.
+    async fn exec(self: &Arc<Self>, req: ExecRequest) -> Result<ExecOutput, TransportError> {
+        if matches!(&req.program, Program::Argv(a) if a.is_empty()) {
+            return Err(TransportError::Failed("empty command".into()));
+        }
+        let closed = || TransportError::Failed("the SSH transport is closed".into());
+        // A quick request waits for a batch's helper instead of holding a channel.
+        let permit = if req.quick {
+            None
+        } else {
+            Some(self.permits.acquire().await.map_err(|_| closed())?)
+        };
+        let user = if req.quick && req.become_.is_some() && self.helpers.login_user().is_none() {
+            let _first = self.permits.acquire().await.map_err(|_| closed())?;
+            self.helper_user(req.become_.as_ref()).await?
+        } else {
+            self.helper_user(req.become_.as_ref()).await?
+        };
+        let script = shell::helper_script(&req);
+        // The remote `timeout` counts whole seconds (at least one).
+        let remote_t = req.timeout.map(|t| Duration::from_secs(t.as_secs().max(1)));
+        let started = Instant::now();
+        let r = Request {
+            script: &script,
+            stdin: req.stdin.as_deref(),
+            timeout: remote_t.map_or(0, |t| t.as_secs()),
+        };
+        let run = async {
+            if permit.is_some() {
+                self.run_request(user.as_deref(), r).await
+            } else {
+                self.run_quick(user.as_deref(), r).await
+            }
+        };
+        let out = match (req.timeout, remote_t) {
+            (Some(t), Some(remote_t)) => {
+                // Dropping the request on the local deadline drops its helper (and channel).
+                let out = tokio::time::timeout(remote_t + LOCAL_GRACE, run)
+                    .await
+                    .map_err(|_| TransportError::Timeout(t))??;
+                // 124: `timeout` stopped the command; 137: it had to kill it.
+                if matches!(out.rc, 124 | 137) && started.elapsed() >= remote_t {
+                    return Err(TransportError::Timeout(t));
+                }
+                out
+            }
+            _ => run.await?,
+        };
+        drop(permit);
+        tracing::trace!(
+            "`{}`: {} request in {:?}",
+            self.target.name,
+            if req.quick { "quick" } else { "plain" },
+            started.elapsed()
+        );
+        shell::check_sudo(&req, &out)?;
+        Ok(out)
     }
 }
 
@@ -378,50 +474,45 @@ impl Transport for SshTransport {
     }
 
     async fn exec(&self, req: ExecRequest) -> Result<ExecOutput, TransportError> {
-        if matches!(&req.program, Program::Argv(a) if a.is_empty()) {
-            return Err(TransportError::Failed("empty command".into()));
+        self.inner.exec(req).await
+    }
+
+    /// As the default, but small text content travels inline in the script
+    /// (written by the shell's `printf` builtin, where the host's `sh` has
+    /// one), which spares the host the processes that read stdin.
+    async fn write_file(
+        &self,
+        path: &str,
+        content: &[u8],
+        attrs: &FileAttrs,
+        become_: Option<&Become>,
+    ) -> Result<(), TransportError> {
+        let builtin = self.inner.helpers.facts().is_some_and(|f| f.printf_builtin);
+        let inline = if builtin { shell::inline_text(content) } else { None };
+        let mut req = ExecRequest::shell(shell::write_script(path, attrs, inline))
+            .quick()
+            .become_(become_.cloned());
+        if inline.is_none() {
+            req = req.stdin(content.to_vec());
         }
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| TransportError::Failed("the SSH transport is closed".into()))?;
-        let user = self.helper_user(req.become_.as_ref()).await?;
-        let script = shell::helper_script(&req);
-        // The remote `timeout` counts whole seconds (at least one).
-        let remote_t = req.timeout.map(|t| Duration::from_secs(t.as_secs().max(1)));
-        let started = Instant::now();
-        let run = self.run_request(
-            user.as_deref(),
-            &script,
-            req.stdin.as_deref(),
-            remote_t.map_or(0, |t| t.as_secs()),
-        );
-        let out = match (req.timeout, remote_t) {
-            (Some(t), Some(remote_t)) => {
-                // Dropping the request on the local deadline drops its helper (and channel).
-                let out = tokio::time::timeout(remote_t + LOCAL_GRACE, run)
-                    .await
-                    .map_err(|_| TransportError::Timeout(t))??;
-                // 124: `timeout` stopped the command; 137: it had to kill it.
-                if matches!(out.rc, 124 | 137) && started.elapsed() >= remote_t {
-                    return Err(TransportError::Timeout(t));
-                }
-                out
-            }
-            _ => run.await?,
-        };
-        shell::check_sudo(&req, &out)?;
-        Ok(out)
+        let out = self.inner.exec(req).await?;
+        if out.rc != 0 {
+            return Err(TransportError::Failed(format!(
+                "cannot write `{path}`: {}",
+                out.stderr_str().trim()
+            )));
+        }
+        Ok(())
     }
 
     async fn close(&self) {
-        drop(self.helpers.take_all());
-        let (n, m) = (self.stats.commands(), self.stats.sessions());
+        let this = &self.inner;
+        drop(this.helpers.take_all());
+        let (n, m) = (this.stats.commands(), this.stats.sessions());
         if n > 0 {
-            tracing::info!("`{}`: {n} remote commands over {m} helper channels", self.target.name);
+            tracing::info!("`{}`: {n} remote commands over {m} helper channels", this.target.name);
         }
-        let session = self.state.lock().await.session.take();
+        let session = this.state.lock().await.session.take();
         if let Some(s) = session {
             match Arc::try_unwrap(s) {
                 Ok(s) => {

@@ -9,7 +9,10 @@
 //! for a helper that runs as another user). `BOOT` reads a line holding a
 //! count N, then N lines of shell source, and `eval`s them: the helper's
 //! source (below) and its nonce — 32 random hex digits, never in argv — come
-//! on stdin. The helper prints `NONCE ready USER\n` on stdout, then loops:
+//! on stdin. The first helper of a host asks who it runs as (`id -un`) and
+//! whether `printf` is a builtin of its shell; later ones are told. The helper
+//! prints `NONCE ready B USER\n` on stdout (`B`: 1 when `printf` is a
+//! builtin), then loops:
 //!
 //! - request: a header line `ID LINES STDIN_LEN TIMEOUT\n`, then `LINES`
 //!   lines of shell script (read with the `read` builtin: any byte but NUL),
@@ -27,6 +30,9 @@
 //!   script passed in the environment (`/proc/PID/environ` is private to the
 //!   user, unlike argv). Bytes of stdin that the script leaves unread are
 //!   drained, so the next header is always where the controller put it.
+//! - requests may follow each other without waiting for answers (a batch:
+//!   several frames in one write): the helper reads the next header only
+//!   once the previous request has ended, and no script reads the channel.
 //! - if `TRACE` is not empty (the test sshd sets `FLOWRUN_REMOTE_TRACE`) the
 //!   helper appends `helper` when it starts and each request's id to that
 //!   file: it is how tests count remote commands that sshd cannot see.
@@ -47,6 +53,7 @@ const BOOT: &str = "IFS= read -r n || exit 1; s=; while [ \"$n\" -gt 0 ]; do IFS
 /// The helper's loop; `@NONCE@` is replaced by the session's nonce.
 const SOURCE: &str = r#"unset n s
 __fr_n=@NONCE@
+@FACTS@
 __fr_t=${1-}
 [ -n "$__fr_t" ] && { printf 'helper\n' >> "$__fr_t"; } 2>/dev/null
 __fr_run() {
@@ -57,7 +64,7 @@ __fr_run() {
   fi
 }
 __fr_drain() { __fr_run; __fr_r=$?; cat >/dev/null; return $__fr_r; }
-printf '%s ready %s\n' "$__fr_n" "$(id -un)"
+printf '%s ready %s %s\n' "$__fr_n" "$__fr_b" "$__fr_who"
 while IFS=' ' read -r __fr_id __fr_lines __fr_in __fr_to; do
   __fr_s=
   while [ "$__fr_lines" -gt 0 ]; do
@@ -80,17 +87,46 @@ while IFS=' ' read -r __fr_id __fr_lines __fr_in __fr_to; do
 done
 "#;
 
-/// The command line that starts a helper (as `user` when given).
+/// The command line that starts a helper (as `user` when given; the
+/// transport asks for another user only once it knows it logs in as someone else).
 pub fn start_command(user: Option<&str>) -> String {
     let q = crate::transport::quote;
     let run = format!("sh -c {} sh \"${{FLOWRUN_REMOTE_TRACE-}}\"", q(BOOT));
     match user {
         None => format!("exec {run}"),
-        Some(u) => {
-            let u = q(u);
-            format!("if [ \"$(id -un)\" = {u} ]; then exec {run}; else exec sudo -n -H -u {u} -- {run}; fi")
-        }
+        Some(u) => format!("exec sudo -n -H -u {} -- {run}", q(u)),
     }
+}
+
+/// What a host's first helper finds out (who logs in, whether its `sh` has
+/// `printf` built in), so that later helpers need not run `id` again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    pub login_user: String,
+    /// `printf` is a builtin of the host's `sh`: file content written with
+    /// it never appears in an argv.
+    pub printf_builtin: bool,
+}
+
+/// The helper's opening lines: ask the host, or take what an earlier helper found.
+fn facts_source(known: Option<(&Facts, &str)>) -> String {
+    match known {
+        None => "__fr_who=$(id -un)\ncase $(command -V printf 2>/dev/null) in *builtin*) __fr_b=1;; *) __fr_b=0;; esac"
+            .to_owned(),
+        Some((f, who)) => format!(
+            "__fr_who={}\n__fr_b={}",
+            crate::transport::quote(who),
+            u8::from(f.printf_builtin)
+        ),
+    }
+}
+
+/// One request for a helper: a script, its stdin, its timeout in whole seconds (0: none).
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub script: &'a str,
+    pub stdin: Option<&'a [u8]>,
+    pub timeout: u64,
 }
 
 /// What went wrong with a request.
@@ -176,6 +212,8 @@ pub struct Helper {
     pub user: Option<String>,
     /// Who the helper runs as, as it said when it started.
     pub whoami: String,
+    /// `printf` is a builtin of its shell.
+    pub printf_builtin: bool,
 }
 
 /// A helper that did not start: its exit status and what it printed.
@@ -185,10 +223,12 @@ pub struct NotStarted {
 
 impl Helper {
     /// Send the source to a freshly spawned channel and wait for `ready`.
+    /// `known`: what an earlier helper of the host found, and who this one runs as.
     pub async fn start(
         session: Arc<Session>,
         mut child: Child<Arc<Session>>,
         user: Option<String>,
+        known: Option<(&Facts, &str)>,
     ) -> Result<Self, NotStarted> {
         let nonce = new_nonce();
         let (Some(mut stdin), Some(stdout), Some(stderr)) =
@@ -202,13 +242,15 @@ impl Helper {
                 },
             });
         };
-        let source = SOURCE.replace("@NONCE@", &nonce);
+        let source = SOURCE
+            .replace("@NONCE@", &nonce)
+            .replace("@FACTS@", &facts_source(known));
         let boot = format!("{}\n{source}", source.lines().count());
         let mut out = Stream::new(stdout);
         let mut err = Stream::new(stderr);
         let sent = stdin.write_all(boot.as_bytes()).await.is_ok() && stdin.flush().await.is_ok();
         let ready = format!("{nonce} ready ");
-        let whoami = if sent {
+        let said = if sent {
             match out.until(ready.as_bytes()).await {
                 Some(_) => out.until(b"\n").await,
                 None => None,
@@ -216,7 +258,7 @@ impl Helper {
         } else {
             None
         };
-        let Some(whoami) = whoami else {
+        let Some(said) = said else {
             drop(stdin);
             let mut stderr = Vec::new();
             let _ = err.inner.read_to_end(&mut stderr).await;
@@ -234,6 +276,8 @@ impl Helper {
                 },
             });
         };
+        let said = String::from_utf8_lossy(&said).into_owned();
+        let (builtin, whoami) = said.split_once(' ').unwrap_or(("0", &said));
         Ok(Self {
             _child: child,
             stdin,
@@ -243,61 +287,121 @@ impl Helper {
             next_id: 1,
             session,
             user,
-            whoami: String::from_utf8_lossy(&whoami).into_owned(),
+            whoami: whoami.to_owned(),
+            printf_builtin: builtin == "1",
         })
     }
 
-    /// Run `script` with `input` on its stdin; `timeout` in whole seconds (0: none).
-    pub async fn run(&mut self, script: &str, input: Option<&[u8]>, timeout: u64) -> Result<ExecOutput, Failure> {
-        if script.contains('\0') {
-            return Err(Failure::Invalid("the command contains a NUL byte".into()));
+    /// What this helper found out, for the next ones.
+    pub fn facts(&self) -> Facts {
+        Facts {
+            login_user: self.whoami.clone(),
+            printf_builtin: self.printf_builtin,
         }
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut script = script.to_owned();
-        if !script.ends_with('\n') {
-            script.push('\n');
+    }
+
+    /// Run one request.
+    pub async fn run(&mut self, req: Request<'_>) -> Result<ExecOutput, Failure> {
+        let mut result = None;
+        self.run_batch(&[req], |_, r| result = Some(r)).await;
+        result.unwrap_or(Err(Failure::Died { started: false }))
+    }
+
+    /// Run `reqs` one after another, their frames sent in one write (one
+    /// round trip for all). `done(i, result)` is called as each finishes, in
+    /// order. Returns whether the helper can take more requests; after a
+    /// death, the requests that had not started are reported not started.
+    pub async fn run_batch(
+        &mut self,
+        reqs: &[Request<'_>],
+        mut done: impl FnMut(usize, Result<ExecOutput, Failure>),
+    ) -> bool {
+        let mut frame = Vec::new();
+        let mut sent = Vec::with_capacity(reqs.len());
+        for (i, r) in reqs.iter().enumerate() {
+            if r.script.contains('\0') {
+                done(i, Err(Failure::Invalid("the command contains a NUL byte".into())));
+                continue;
+            }
+            let id = self.next_id;
+            self.next_id += 1;
+            push_frame(&mut frame, id, r);
+            sent.push((i, id));
         }
-        let lines = script.bytes().filter(|b| *b == b'\n').count();
-        let input = input.unwrap_or_default();
-        let header = format!("{id} {lines} {} {timeout}\n", input.len());
-        let (start, end_out, end_err) = (
-            format!("{}s{id}\n", self.nonce),
-            format!("{}e{id} ", self.nonce),
-            format!("{}e{id}\n", self.nonce),
-        );
+        if sent.is_empty() {
+            return true;
+        }
         // One write: separate small writes would meet Nagle's algorithm on
         // ssh's TCP connection and the host's delayed ACK (tens of ms each).
-        let mut frame = Vec::with_capacity(header.len() + script.len() + input.len());
-        frame.extend_from_slice(header.as_bytes());
-        frame.extend_from_slice(script.as_bytes());
-        frame.extend_from_slice(input);
         let stdin = &mut self.stdin;
         let write = async { stdin.write_all(&frame).await.is_ok() && stdin.flush().await.is_ok() };
-        let out = &mut self.out;
-        let read_out = async {
-            out.until(start.as_bytes()).await?;
-            let body = out.until(end_out.as_bytes()).await;
-            let rc = match &body {
-                Some(_) => out.until(b"\n").await,
-                None => None,
-            };
-            Some((body, rc))
-        };
-        let err = &mut self.err;
-        let read_err = async {
-            err.until(start.as_bytes()).await?;
-            Some(err.until(end_err.as_bytes()).await)
-        };
-        let (_, o, e) = tokio::join!(write, read_out, read_err);
-        let started = o.is_some() || e.is_some();
-        match (o, e) {
-            (Some((Some(stdout), Some(rc))), Some(Some(stderr))) => {
-                let rc = String::from_utf8_lossy(&rc).trim().parse().unwrap_or(-1);
-                Ok(ExecOutput { rc, stdout, stderr })
+        let (out, err, nonce) = (&mut self.out, &mut self.err, self.nonce.as_str());
+        let read = async {
+            for (k, &(i, id)) in sent.iter().enumerate() {
+                match read_answer(out, err, nonce, id).await {
+                    Ok(o) => done(i, Ok(o)),
+                    Err(started) => {
+                        done(i, Err(Failure::Died { started }));
+                        for &(j, _) in &sent[k + 1..] {
+                            done(j, Err(Failure::Died { started: false }));
+                        }
+                        return false;
+                    }
+                }
             }
-            _ => Err(Failure::Died { started }),
+            true
+        };
+        let (_, alive) = tokio::join!(write, read);
+        alive
+    }
+}
+
+/// The frame of one request: header, script lines, stdin bytes.
+fn push_frame(frame: &mut Vec<u8>, id: u64, r: &Request<'_>) {
+    let script = r.script;
+    let newline = !script.ends_with('\n');
+    let lines = script.bytes().filter(|b| *b == b'\n').count() + usize::from(newline);
+    let input = r.stdin.unwrap_or_default();
+    frame.extend_from_slice(format!("{id} {lines} {} {}\n", input.len(), r.timeout).as_bytes());
+    frame.extend_from_slice(script.as_bytes());
+    if newline {
+        frame.push(b'\n');
+    }
+    frame.extend_from_slice(input);
+}
+
+/// The output of request `id`, or whether it had started when the channel ended.
+async fn read_answer<O, E>(out: &mut Stream<O>, err: &mut Stream<E>, nonce: &str, id: u64) -> Result<ExecOutput, bool>
+where
+    O: AsyncRead + Unpin,
+    E: AsyncRead + Unpin,
+{
+    let (start, end_out, end_err) = (
+        format!("{nonce}s{id}\n"),
+        format!("{nonce}e{id} "),
+        format!("{nonce}e{id}\n"),
+    );
+    let read_out = async {
+        out.until(start.as_bytes()).await?;
+        let body = out.until(end_out.as_bytes()).await;
+        let rc = match &body {
+            Some(_) => out.until(b"\n").await,
+            None => None,
+        };
+        Some((body, rc))
+    };
+    let read_err = async {
+        err.until(start.as_bytes()).await?;
+        Some(err.until(end_err.as_bytes()).await)
+    };
+    let (o, e) = tokio::join!(read_out, read_err);
+    let started = o.is_some() || e.is_some();
+    match (o, e) {
+        (Some((Some(stdout), Some(rc))), Some(Some(stderr))) => {
+            let rc = String::from_utf8_lossy(&rc).trim().parse().unwrap_or(-1);
+            Ok(ExecOutput { rc, stdout, stderr })
         }
+        _ => Err(started),
     }
 }
 
@@ -331,7 +435,9 @@ mod tests {
     fn the_helper_frames_binary_requests() {
         use std::io::{Read, Write};
         use std::process::{Command, Stdio};
-        let source = SOURCE.replace("@NONCE@", "NONCE");
+        let source = SOURCE
+            .replace("@NONCE@", "NONCE")
+            .replace("@FACTS@", &facts_source(None));
         let mut child = Command::new("sh")
             .args(["-c", BOOT, "sh", ""])
             .stdin(Stdio::piped())
@@ -355,7 +461,7 @@ mod tests {
         // Three requests, then EOF ends the helper.
         let _ = child.stdin.take();
         stdout.read_to_end(&mut out).unwrap();
-        let mut expect = b"NONCE ready ".to_vec();
+        let mut expect = b"NONCE ready 1 ".to_vec();
         let who = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
         expect.extend_from_slice(who.as_bytes());
         expect.extend_from_slice(b"NONCEs1\n");

@@ -4,8 +4,7 @@
 //! as; a lease dropped before it is released (the request failed, or its
 //! deadline passed) takes its helper, and channel, with it.
 
-use super::helper::Helper;
-use super::SshTransport;
+use super::helper::{Facts, Helper};
 use openssh::Session;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -14,16 +13,31 @@ struct Inner {
     idle: Vec<Helper>,
     /// Idle, leased, and being started.
     live: usize,
-    /// Who the login user is, as the first plain helper said.
-    login_user: Option<String>,
+    /// What the first plain helper found out (who logs in, ...).
+    facts: Option<Facts>,
 }
 
 #[derive(Default)]
-pub struct Helpers(Mutex<Inner>);
+pub struct Helpers {
+    inner: Mutex<Inner>,
+    /// Told when a helper goes back to idle.
+    released: tokio::sync::Notify,
+}
 
 impl Helpers {
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wait up to `limit` for an idle helper of `user` (when one is expected back soon).
+    pub async fn wait_idle(&self, user: Option<&str>, limit: std::time::Duration) {
+        let released = self.released.notified();
+        tokio::pin!(released);
+        released.as_mut().enable();
+        if self.lock().idle.iter().any(|h| h.user.as_deref() == user) {
+            return;
+        }
+        let _ = tokio::time::timeout(limit, released).await;
     }
 
     /// An idle helper for `user` on `session`. Helpers of an older session
@@ -44,12 +58,16 @@ impl Helpers {
         None
     }
 
-    pub fn set_login_user(&self, user: &str) {
-        self.lock().login_user = Some(user.to_owned());
+    pub fn set_facts(&self, facts: Facts) {
+        self.lock().facts = Some(facts);
+    }
+
+    pub fn facts(&self) -> Option<Facts> {
+        self.lock().facts.clone()
     }
 
     pub fn login_user(&self) -> Option<String> {
-        self.lock().login_user.clone()
+        self.lock().facts.as_ref().map(|f| f.login_user.clone())
     }
 
     /// Every idle helper, to be dropped (closing their channels).
@@ -61,24 +79,24 @@ impl Helpers {
     }
 }
 
-/// A helper checked out for one request (or a reserved place for one being started).
+/// A helper checked out for one request or batch (or a reserved place for one being started).
 pub struct Lease<'a> {
-    t: &'a SshTransport,
+    helpers: &'a Helpers,
     helper: Option<Helper>,
 }
 
 impl<'a> Lease<'a> {
-    pub fn new(t: &'a SshTransport, helper: Helper) -> Self {
+    pub fn new(helpers: &'a Helpers, helper: Helper) -> Self {
         Self {
-            t,
+            helpers,
             helper: Some(helper),
         }
     }
 
     /// Count a helper about to be started.
-    pub fn reserve(t: &'a SshTransport) -> Self {
-        t.helpers.lock().live += 1;
-        Self { t, helper: None }
+    pub fn reserve(helpers: &'a Helpers) -> Self {
+        helpers.lock().live += 1;
+        Self { helpers, helper: None }
     }
 
     #[must_use]
@@ -94,7 +112,8 @@ impl<'a> Lease<'a> {
     /// The request went well: the helper waits for the next one.
     pub fn release(mut self) {
         if let Some(h) = self.helper.take() {
-            self.t.helpers.lock().idle.push(h);
+            self.helpers.lock().idle.push(h);
+            self.helpers.released.notify_waiters();
         }
         std::mem::forget(self);
     }
@@ -102,7 +121,7 @@ impl<'a> Lease<'a> {
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
-        let mut g = self.t.helpers.lock();
+        let mut g = self.helpers.lock();
         g.live = g.live.saturating_sub(1);
         drop(g);
         drop(self.helper.take());

@@ -8,10 +8,18 @@
 //! Prints wall times, ratios, flowrun's remote command count per run (from
 //! its `--metrics`) and the peak memory of each controller process.
 //!
-//! Run: `tests/bench/peers.sh [--flowrun-only] [--repeat R] [N...]`, which
-//! builds the binaries and prepares the peers' virtualenv (`--venv DIR`).
+//! Prints the load average of the machine before each repetition: other
+//! work on its cores shows in every figure.
+//!
+//! Run: `tests/bench/peers.sh [--flowrun-only] [--repeat R] [--ssh-kex ALG]
+//! [N...]`, which builds the binaries and prepares the peers' virtualenv
+//! (`--venv DIR`). `--ssh-kex curve25519-sha256` gives flowrun and Ansible
+//! the key exchange pyinfra's paramiko negotiates (OpenSSH 9.2's default,
+//! sntrup761x25519, costs the client tens of ms of CPU per connection).
+//! `--keep DIR` starts the hosts, writes flowrun's workload and inventory
+//! into DIR and waits (for profiling by hand).
 
-use flowrun_lab::sshd::{write_inventory, SshdHost, SshdOptions};
+use flowrun_lab::sshd::{inventory_yaml, SshdHost, SshdOptions};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,6 +27,11 @@ use std::time::Instant;
 
 struct Opts {
     venv: Option<PathBuf>,
+    /// `--keep DIR`: set the hosts and flowrun's workload up in DIR and wait (for profiling).
+    keep: Option<PathBuf>,
+    /// `--ssh-kex ALG`: the SSH key exchange flowrun and Ansible (both on
+    /// OpenSSH) use; pyinfra's paramiko negotiates curve25519 whatever this says.
+    kex: Option<String>,
     repeat: usize,
     counts: Vec<usize>,
 }
@@ -26,6 +39,8 @@ struct Opts {
 fn parse_args() -> Opts {
     let mut o = Opts {
         venv: None,
+        keep: None,
+        kex: None,
         repeat: 1,
         counts: Vec::new(),
     };
@@ -34,6 +49,8 @@ fn parse_args() -> Opts {
         match a.as_str() {
             "--venv" => o.venv = it.next().map(PathBuf::from),
             "--flowrun-only" => o.venv = None,
+            "--keep" => o.keep = it.next().map(PathBuf::from),
+            "--ssh-kex" => o.kex = it.next(),
             "--repeat" => o.repeat = it.next().and_then(|v| v.parse().ok()).unwrap_or(1),
             n => o.counts.extend(n.parse::<usize>().ok()),
         }
@@ -50,6 +67,7 @@ struct Timed {
     secs: f64,
     rss_mib: f64,
     remote: Option<u64>,
+    channels: Option<u64>,
 }
 
 /// Run `cmd` to completion, timing it and reading its peak RSS from `wait4`.
@@ -84,6 +102,7 @@ fn timed(mut cmd: Command, what: &str) -> (Timed, String) {
             secs,
             rss_mib,
             remote: None,
+            channels: None,
         },
         out,
     )
@@ -103,16 +122,28 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// flowrun: first run, journaled re-run, `--verify`, change one thing.
-fn flowrun_runs(dir: &Path, hosts: &[SshdHost]) -> Vec<Timed> {
-    let d = dir.join("flowrun");
+/// flowrun's workload and inventory in `d`.
+fn flowrun_setup(d: &Path, hosts: &[SshdHost], kex: Option<&str>) {
     let wf = std::fs::read_to_string(repo().join("tests/data/web.yml"))
         .unwrap()
         .replace("$DIR", d.to_str().unwrap());
     write(&d.join("web.yml"), &wf);
     let tpl = std::fs::read_to_string(repo().join("tests/data/templates/app.conf.hbs")).unwrap();
     write(&d.join("templates/app.conf.hbs"), &tpl);
-    write_inventory(&d.join("hosts.yml"), "web", hosts).unwrap();
+    let mut inv = inventory_yaml("web", hosts);
+    if let Some(k) = kex {
+        inv = inv.replace(
+            "\n          identity_file:",
+            &format!("\n          ssh_args: \"-o KexAlgorithms={k}\"\n          identity_file:"),
+        );
+    }
+    write(&d.join("hosts.yml"), &inv);
+}
+
+/// flowrun: first run, journaled re-run, `--verify`, change one thing.
+fn flowrun_runs(dir: &Path, hosts: &[SshdHost], kex: Option<&str>) -> Vec<Timed> {
+    let d = dir.join("flowrun");
+    flowrun_setup(&d, hosts, kex);
     let run = |extra: &[&str]| {
         let mut c = Command::new(flowrun_bin());
         c.current_dir(&d)
@@ -131,11 +162,14 @@ fn flowrun_runs(dir: &Path, hosts: &[SshdHost]) -> Vec<Timed> {
             .args(extra);
         let (mut t, _) = timed(c, "flowrun");
         let m = std::fs::read_to_string(d.join("m.prom")).unwrap_or_default();
-        t.remote = m
-            .lines()
-            .find(|l| l.starts_with("flowrun_last_run_remote_commands{"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok());
+        let metric = |name: &str| {
+            m.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+        };
+        t.remote = metric("flowrun_last_run_remote_commands{");
+        t.channels = metric("flowrun_last_run_remote_channels{");
         t
     };
     let first = run(&[]);
@@ -143,18 +177,19 @@ fn flowrun_runs(dir: &Path, hosts: &[SshdHost]) -> Vec<Timed> {
     vec![first, run(&[]), run(&["--verify"]), run(&["-e", "greeting=hi"])]
 }
 
-fn ansible_runs(dir: &Path, hosts: &[SshdHost], venv: &Path) -> Vec<Timed> {
+fn ansible_runs(dir: &Path, hosts: &[SshdHost], venv: &Path, kex: Option<&str>) -> Vec<Timed> {
     let d = dir.join("ansible");
     let peers = repo().join("tests/bench/peers");
     for f in ["playbook.yml", "app.conf.j2"] {
         write(&d.join(f), &std::fs::read_to_string(peers.join(f)).unwrap());
     }
     let mut inv = String::from("[web]\n");
+    let kex = kex.map(|k| format!(" -o KexAlgorithms={k}")).unwrap_or_default();
     for h in hosts {
         let _ = writeln!(
             inv,
             "{} ansible_host={} ansible_port={} ansible_user={} ansible_ssh_private_key_file={} \
-             ansible_ssh_common_args='-o UserKnownHostsFile={}'",
+             ansible_ssh_common_args='-o UserKnownHostsFile={}{kex}'",
             h.name(),
             h.address(),
             h.port(),
@@ -248,18 +283,41 @@ fn main() {
             },
         )
         .expect("sshd hosts");
-        println!("\n== {n} hosts x 10 steps, --forks 10, {} repetition(s)", o.repeat);
+        if let Some(k) = &o.keep {
+            flowrun_setup(k, &hosts, o.kex.as_deref());
+            println!(
+                "{n} hosts up; in {}: flowrun run web.yml -i hosts.yml (Ctrl-C ends)",
+                k.display()
+            );
+            loop {
+                std::thread::park();
+            }
+        }
+        println!(
+            "\n== {n} hosts x 10 steps, --forks 10, {} repetition(s), SSH key exchange: {}",
+            o.repeat,
+            o.kex.as_deref().unwrap_or("OpenSSH's default (pyinfra: curve25519)")
+        );
         let mut all: Vec<(&str, Vec<Vec<Timed>>)> = vec![("flowrun", vec![]), ("ansible", vec![]), ("pyinfra", vec![])];
-        for _ in 0..o.repeat {
+        for r in 0..o.repeat {
+            println!("repetition {}: load average {}", r + 1, loadavg());
             let dir = tempfile::tempdir().unwrap();
-            all[0].1.push(flowrun_runs(dir.path(), &hosts));
+            all[0].1.push(flowrun_runs(dir.path(), &hosts, o.kex.as_deref()));
             if let Some(venv) = &o.venv {
-                all[1].1.push(ansible_runs(dir.path(), &hosts, venv));
+                all[1].1.push(ansible_runs(dir.path(), &hosts, venv, o.kex.as_deref()));
                 all[2].1.push(pyinfra_runs(dir.path(), &hosts, venv));
             }
         }
+        println!("after: load average {}", loadavg());
         report(n, &all);
     }
+}
+
+/// The machine's 1, 5 and 15 minute load averages (other work shares the cores).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 const FLOWRUN_RUNS: [&str; 4] = ["first run", "journaled re-run", "--verify re-run", "change one thing"];
@@ -290,7 +348,10 @@ fn report(n: usize, all: &[(&str, Vec<Vec<Timed>>)]) {
             let remote = best.remote.map_or(String::new(), |c| {
                 #[allow(clippy::cast_precision_loss)]
                 let per = c as f64 / instances as f64;
-                format!(", {c} remote commands ({per:.2} per step instance)")
+                format!(
+                    ", {c} remote commands ({per:.2} per step instance) over {} channels",
+                    best.channels.unwrap_or_default()
+                )
             });
             println!(
                 "{tool:<8} {name:<17} best {:>8.3} s (worst {worst:.3} s), peak RSS {:.1} MiB{remote}",
