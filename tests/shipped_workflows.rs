@@ -332,8 +332,14 @@ fn github_runners_doc_deploy_workflow_routes_the_deploy_by_the_gate() {
         .collect();
     assert_eq!(cron.len(), 1, "{cron:?}");
     let line = cron[0];
-    assert!(line.starts_with("* * * * *  flowrun run validate-github-runner -i "), "{line}");
-    assert!(line.contains("-e github_metrics_file=/var/lib/prometheus/node-exporter/"), "{line}");
+    assert!(
+        line.starts_with("* * * * *  flowrun run validate-github-runner -i "),
+        "{line}"
+    );
+    assert!(
+        line.contains("-e github_metrics_file=/var/lib/prometheus/node-exporter/"),
+        "{line}"
+    );
     assert!(line.contains("--metrics "), "{line}");
     assert!(line.ends_with("rc=$?; [ $rc -le 1 ] || [ $rc -eq 3 ]"), "{line}");
 }

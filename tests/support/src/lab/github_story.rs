@@ -267,13 +267,16 @@ pub fn is<T: PartialEq + std::fmt::Debug>(v: Result<T, String>, want: T) -> Resu
 
 /// Tell the whole story; the checks that failed (none: it all held).
 ///
-/// 1. provision both runners; 2. again: `changed=0`, no request to GitHub;
-/// 3. the gate picks the primary (and writes `$GITHUB_OUTPUT`); 4. a deploy
-/// lands on the primary; 5. the primary's runner service stops and GitHub
-/// lists it offline; 6. the gate fails over, saying why; 7. the deploy lands
-/// on the secondary; 8. validation fails and names the primary; 9. a release
-/// whose health check fails is rolled back; 10. the primary's service is
-/// started again and the gate returns to it.
+/// 1. provision both runners;
+/// 2. again: `changed=0`, no request to GitHub;
+/// 3. the gate picks the primary (and writes `$GITHUB_OUTPUT`);
+/// 4. a deploy lands on the primary;
+/// 5. the primary's runner service stops and GitHub lists it offline;
+/// 6. the gate fails over, saying why;
+/// 7. the deploy lands on the secondary;
+/// 8. validation fails and names the primary;
+/// 9. a release whose health check fails is rolled back;
+/// 10. the primary's service is started again and the gate returns to it.
 pub fn tell(lab: &GithubLab, bin: &Path, project: &Path) -> Vec<String> {
     let mut s = Story::new(lab, bin.to_path_buf(), project.to_path_buf());
     let wf = |n: &str| workflow(project, n);
