@@ -459,22 +459,20 @@ fn deploys_started_together_never_overlap_on_one_controller_or_two() {
     });
     assert_eq!(refused.0, 3, "{}", refused.1);
     assert!(refused.1.contains("already running"), "{}", refused.1);
-    let mut last = String::new();
-    for ((v, mut child), (_, tag)) in runs.into_iter().zip(together) {
+    for ((_, mut child), (_, tag)) in runs.into_iter().zip(together) {
         assert_eq!(
             wait_child(&mut child, Duration::from_secs(120)),
             0,
             "{}",
             output_of(dir.path(), tag)
         );
-        last = v;
     }
     let done = no_overlap(&lab, 3);
     assert_eq!(
         done.iter().map(|d| d.3.as_str()).collect::<Vec<_>>(),
         ["ok", "ok", "ok"]
     );
-    last.clone_from(&done[2].0);
+    let last = done[2].0.clone();
     assert_serves(&lab, PRIMARY, &last);
 
     // Two controllers: each its own directory with a copy of the inventory
@@ -486,7 +484,7 @@ fn deploys_started_together_never_overlap_on_one_controller_or_two() {
         .iter()
         .map(|c| {
             let d = dir.path().join(c);
-            copy_dir(&lab.inventory().parent().unwrap().to_path_buf(), &d.join("inventory"));
+            copy_dir(lab.inventory().parent().unwrap(), &d.join("inventory"));
             d
         })
         .collect();
