@@ -638,27 +638,42 @@ fn sigkill_of_the_controller_at_random_moments_never_leaves_a_half_switched_rele
     provision(&lab);
     let (code, out) = deploy(&lab, "1.0.0", &[]);
     assert_eq!(code, 0, "{out}");
-    // How long a switching deploy takes: the kills fall within it.
-    let t0 = Instant::now();
+    // How long the host's part of a switching deploy takes (its log's
+    // begin to end): the kills fall within it, after the gate.
     let (code, out) = deploy(&lab, "2.0.0", &[]);
     assert_eq!(code, 0, "{out}");
-    let span = u64::try_from(t0.elapsed().as_millis()).unwrap();
+    let reference = deploy_intervals(&deploy_log(&lab, PRIMARY)).pop().unwrap();
+    let span = ((reference.2 - reference.1) * 1000.0) as u64;
 
     let seed = std::env::var("FLOWRUN_KILL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5eed_1234_u64);
-    eprintln!("kill trials: seed {seed:#x} (FLOWRUN_KILL_SEED replays), kills within {span} ms");
+    eprintln!("kill trials: seed {seed:#x} (FLOWRUN_KILL_SEED replays), kills within {span} ms of the host's begin");
     let mut rng = Rng(seed);
     let mut recovered = 0;
     let mut serving = "2.0.0".to_owned();
     for trial in 0..10 {
         let version = if serving == "2.0.0" { "2.1.0" } else { "2.0.0" };
-        let at = Duration::from_millis(200 + rng.below(span));
+        let at = Duration::from_millis(rng.below(span));
+        let logged = deploy_log(&lab, PRIMARY).len();
         let mut child = spawn_deploy(&lab, version, &[], dir.path(), &format!("kill{trial}"));
+        let t0 = Instant::now();
+        while !deploy_log(&lab, PRIMARY)[logged..]
+            .iter()
+            .any(|(_, w)| w.starts_with("begin "))
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "trial {trial}: the deploy never began"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         std::thread::sleep(at);
         signal(&child, "KILL");
         let _ = child.wait();
+        let log = deploy_log(&lab, PRIMARY);
+        let last_event = log.last().map(|(_, w)| w.clone()).unwrap_or_default();
         // At the moment of the kill: `current` names a complete release.
         let now = current(&lab, PRIMARY).expect("`current` exists");
         assert!(complete(&lab, PRIMARY, &now), "trial {trial}: {now} incomplete");
@@ -672,7 +687,7 @@ fn sigkill_of_the_controller_at_random_moments_never_leaves_a_half_switched_rele
         }
         assert_serves(&lab, PRIMARY, version);
         eprintln!(
-            "trial {trial}: killed at {at:?} with `current` on {now}; the next run {}",
+            "trial {trial}: killed {at:?} after the begin (last logged: {last_event}), `current` on {now}; the next run {}",
             if rolled_back {
                 "rolled back first, then deployed"
             } else {
