@@ -343,3 +343,51 @@ fn github_runners_doc_deploy_workflow_routes_the_deploy_by_the_gate() {
     assert!(line.contains("--metrics "), "{line}");
     assert!(line.ends_with("rc=$?; [ $rc -le 1 ] || [ $rc -eq 3 ]"), "{line}");
 }
+
+/// Every `github_*` series the GitHub alert rules and dashboard read is one
+/// a shipped workflow writes (validation or deploy), so no rule watches a
+/// metric nothing emits.
+#[test]
+fn github_alert_rules_read_only_metrics_the_workflows_write() {
+    let read = |p: &str| std::fs::read_to_string(root().join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    let written = read("workflows/validate-github-runner.yml") + &read("workflows/deploy-with-failover.yml");
+    let names = |text: &str| -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        let mut rest = text;
+        while let Some(i) = rest.find("github_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            let before = rest[..i].chars().last();
+            if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+                out.insert(tail[..end].to_owned());
+            }
+            rest = &tail[end..];
+        }
+        out
+    };
+    let rules: Value = serde_saphyr::from_str(&read("workflows/files/github-runner-alerts.yml")).unwrap();
+    let mut exprs = String::new();
+    for g in rules["groups"].as_array().unwrap() {
+        for r in g["rules"].as_array().unwrap() {
+            exprs.push_str(r["expr"].as_str().unwrap());
+            exprs.push('\n');
+        }
+    }
+    let dashboard: Value = serde_json::from_str(&read("workflows/files/github-runner-dashboard.json")).unwrap();
+    for p in dashboard["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            exprs.push_str(t["expr"].as_str().unwrap());
+            exprs.push('\n');
+        }
+    }
+    let used = names(&exprs);
+    assert!(used.len() >= 8, "{used:?}");
+    let emitted = names(&written);
+    let missing: Vec<&String> = used.iter().filter(|m| !emitted.contains(*m)).collect();
+    assert!(
+        missing.is_empty(),
+        "read by the rules or dashboard, written by no workflow: {missing:?}"
+    );
+}
