@@ -86,7 +86,8 @@ impl Drop for GithubLab {
 fn next_vmid() -> u32 {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let base = 20_000 + (std::process::id() % 2_000) * 16;
-    base + NEXT.fetch_add(1, Ordering::Relaxed) % 16
+    // Never a low byte of 0: the address would be `.1`, the same as the next id's.
+    base + 1 + NEXT.fetch_add(1, Ordering::Relaxed) % 15
 }
 
 impl GithubLab {

@@ -142,6 +142,18 @@ pub fn app_version(lab: &GithubLab, runner: &str) -> Result<String, String> {
         .ok_or_else(|| format!("/version has no version: {body}"))
 }
 
+/// [`app_version`], waiting (bounded) for a service that is (re)starting.
+pub fn app_version_within(lab: &GithubLab, runner: &str, limit: Duration) -> Result<String, String> {
+    let t0 = Instant::now();
+    loop {
+        match app_version(lab, runner) {
+            Ok(v) => return Ok(v),
+            Err(e) if t0.elapsed() > limit => return Err(format!("{e} (for {limit:?})")),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
 /// The names of the failed testcases of a JUnit report.
 pub fn junit_failures(report: &str) -> Vec<String> {
     report
@@ -444,7 +456,10 @@ pub fn tell(lab: &GithubLab, bin: &Path, project: &Path) -> Vec<String> {
         s.expect_output(&run, "rolled back");
         s.check(
             "the secondary serves 2.0.0 again",
-            is(app_version(lab, "secondary"), "2.0.0".into()),
+            is(
+                app_version_within(lab, "secondary", Duration::from_secs(15)),
+                "2.0.0".into(),
+            ),
         );
     }
 
