@@ -6,6 +6,7 @@ mod completions;
 mod core;
 mod dynamic_inventory;
 mod errors;
+mod github_deploy;
 mod github_runners;
 mod github_standin;
 mod harness;

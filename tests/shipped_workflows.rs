@@ -245,3 +245,149 @@ fn github_workflows_validate_against_both_github_inventories() {
         }
     }
 }
+
+/// The fenced code blocks of a doc: (language tag, body).
+fn doc_blocks(doc: &str) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(root().join(doc)).unwrap();
+    text.split("\n```")
+        .skip(1)
+        .step_by(2)
+        .map(|b| {
+            let (tag, body) = b.split_once('\n').unwrap_or((b, ""));
+            (tag.trim().to_owned(), body.to_owned())
+        })
+        .collect()
+}
+
+/// The GitHub Actions workflow of docs/github-runners.md is valid YAML with a
+/// selector job on a GitHub-hosted runner that runs the gate and exports its
+/// four outputs, and a deploy job that needs it and is routed by its label,
+/// runs the shipped deploy workflow with the lock queue, and takes the
+/// version from the environment (not pasted into the script); the cron line
+/// validates with the metrics file and tolerates only exit 1 and 3.
+#[test]
+fn github_runners_doc_deploy_workflow_routes_the_deploy_by_the_gate() {
+    let blocks = doc_blocks("docs/github-runners.md");
+    let yaml = &blocks
+        .iter()
+        .find(|(tag, b)| tag == "yaml" && b.starts_with("# .github/workflows/deploy.yml"))
+        .expect("a yaml block starting with `# .github/workflows/deploy.yml`")
+        .1;
+    let doc: Value = serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("deploy.yml: {e}\n{yaml}"));
+    let jobs = doc["jobs"].as_object().expect("jobs");
+    assert_eq!(jobs.keys().collect::<Vec<_>>(), ["select-runner", "deploy"]);
+    assert_eq!(doc["concurrency"]["cancel-in-progress"], json!(false));
+
+    let select = &jobs["select-runner"];
+    let hosted = select["runs-on"].as_str().expect("a single GitHub-hosted label");
+    assert!(hosted.starts_with("ubuntu-"), "{hosted}");
+    let gate = select["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "gate")
+        .expect("a step with id gate");
+    let run = gate["run"].as_str().unwrap();
+    assert!(run.contains("flowrun run select-github-runner"), "{run}");
+    assert!(gate["env"]["GITHUB_TOKEN"].as_str().unwrap().contains("secrets."));
+    for o in ["runner", "label", "role", "failover"] {
+        assert_eq!(
+            select["outputs"][o],
+            json!(format!("${{{{ steps.gate.outputs.{o} }}}}")),
+            "output {o}"
+        );
+    }
+    // The gate writes exactly those keys to $GITHUB_OUTPUT.
+    let gate_wf = std::fs::read_to_string(root().join("workflows/select-github-runner.yml")).unwrap();
+    assert!(gate_wf.contains("'runner=%s\\nlabel=%s\\nrole=%s\\nfailover=%s\\n'"));
+
+    let deploy = &jobs["deploy"];
+    assert_eq!(deploy["needs"], json!("select-runner"));
+    assert_eq!(
+        deploy["runs-on"],
+        json!(["self-hosted", "production", "${{ needs.select-runner.outputs.label }}"])
+    );
+    let steps = deploy["steps"].as_array().unwrap();
+    let run = steps
+        .iter()
+        .filter_map(|s| s["run"].as_str())
+        .find(|r| r.contains("flowrun run deploy-with-failover"))
+        .expect("a step that runs deploy-with-failover");
+    assert!(run.contains("--wait-lock"), "{run}");
+    assert!(run.contains("\"version=$VERSION\""), "{run}");
+    for s in steps.iter().chain(select["steps"].as_array().unwrap()) {
+        if let Some(r) = s["run"].as_str() {
+            assert!(!r.contains("${{"), "an expression pasted into a script: {r}");
+        }
+    }
+    assert!(steps
+        .iter()
+        .any(|s| s["if"] == json!("needs.select-runner.outputs.failover == 'true'")));
+
+    let cron: Vec<&str> = blocks
+        .iter()
+        .filter(|(tag, _)| tag == "crontab")
+        .flat_map(|(_, b)| b.lines())
+        .filter(|l| l.contains("validate-github-runner"))
+        .collect();
+    assert_eq!(cron.len(), 1, "{cron:?}");
+    let line = cron[0];
+    assert!(
+        line.starts_with("* * * * *  flowrun run validate-github-runner -i "),
+        "{line}"
+    );
+    assert!(
+        line.contains("-e github_metrics_file=/var/lib/prometheus/node-exporter/"),
+        "{line}"
+    );
+    assert!(line.contains("--metrics "), "{line}");
+    assert!(line.ends_with("rc=$?; [ $rc -le 1 ] || [ $rc -eq 3 ]"), "{line}");
+}
+
+/// Every `github_*` series the GitHub alert rules and dashboard read is one
+/// a shipped workflow writes (validation or deploy), so no rule watches a
+/// metric nothing emits.
+#[test]
+fn github_alert_rules_read_only_metrics_the_workflows_write() {
+    let read = |p: &str| std::fs::read_to_string(root().join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    let written = read("workflows/validate-github-runner.yml") + &read("workflows/deploy-with-failover.yml");
+    let names = |text: &str| -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        let mut rest = text;
+        while let Some(i) = rest.find("github_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            let before = rest[..i].chars().last();
+            if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+                out.insert(tail[..end].to_owned());
+            }
+            rest = &tail[end..];
+        }
+        out
+    };
+    let rules: Value = serde_saphyr::from_str(&read("workflows/files/github-runner-alerts.yml")).unwrap();
+    let mut exprs = String::new();
+    for g in rules["groups"].as_array().unwrap() {
+        for r in g["rules"].as_array().unwrap() {
+            exprs.push_str(r["expr"].as_str().unwrap());
+            exprs.push('\n');
+        }
+    }
+    let dashboard: Value = serde_json::from_str(&read("workflows/files/github-runner-dashboard.json")).unwrap();
+    for p in dashboard["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            exprs.push_str(t["expr"].as_str().unwrap());
+            exprs.push('\n');
+        }
+    }
+    let used = names(&exprs);
+    assert!(used.len() >= 8, "{used:?}");
+    let emitted = names(&written);
+    let missing: Vec<&String> = used.iter().filter(|m| !emitted.contains(*m)).collect();
+    assert!(
+        missing.is_empty(),
+        "read by the rules or dashboard, written by no workflow: {missing:?}"
+    );
+}

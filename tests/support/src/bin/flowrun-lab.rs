@@ -1,18 +1,24 @@
-//! `flowrun-lab`: the local lab for the shipped GitLab runner workflows.
+//! `flowrun-lab`: the local lab for the shipped GitLab and GitHub runner workflows.
 //!
 //!   flowrun-lab demo [--runners N] [--dir DIR]   bring the lab up, provision the runners,
 //!                                                provision again (changed=0), validate, stop
 //!   flowrun-lab up [--runners N] [--dir DIR]     bring the lab up and keep it until Ctrl-C
 //!   flowrun-lab bench [N...]                     wall times of provision, journaled re-run and
 //!                                                validate with N runner VMs (default 1 and 5)
+//!   flowrun-lab github [demo] [--dir DIR]        the GitHub runner story: provision a primary
+//!                                                and a secondary, the health gate, deploys,
+//!                                                failover, validation, a rollback (each checked)
+//!   flowrun-lab github up [--dir DIR]            the GitHub lab, provisioned, until Ctrl-C
 //!
 //! It needs root (private mount namespaces and overlays for the lab VMs) and
 //! the `flowrun` binary beside it (or `FLOWRUN_BIN`).
 
+use flowrun_lab::lab::github::{GithubLab, GithubLabOptions, WHAT_IS_EMULATED as GITHUB_EMULATED};
+use flowrun_lab::lab::github_story::{self, ssh_command, workflow};
 use flowrun_lab::lab::{Lab, LabOptions, WHAT_IS_EMULATED};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 struct Args {
     command: String,
@@ -21,7 +27,7 @@ struct Args {
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: flowrun-lab demo|up [--runners N] [--dir DIR] | bench [N...]");
+    eprintln!("usage: flowrun-lab demo|up [--runners N] [--dir DIR] | bench [N...] | github [demo|up] [--dir DIR]");
     ExitCode::from(2)
 }
 
@@ -131,9 +137,116 @@ fn bench() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `flowrun-lab github [demo|up] [--dir DIR]`.
+fn github() -> ExitCode {
+    let mut it = std::env::args().skip(2).peekable();
+    let command = match it.peek().map(String::as_str) {
+        Some("demo" | "up") => it.next().unwrap_or_default(),
+        _ => "demo".to_owned(),
+    };
+    let mut dir = flowrun_engine::paths::state_dir().join("lab/github");
+    while let Some(flag) = it.next() {
+        match (flag.as_str(), it.next()) {
+            ("--dir", Some(d)) => dir = PathBuf::from(d),
+            _ => return usage(),
+        }
+    }
+    println!("{GITHUB_EMULATED}\n");
+    let t0 = Instant::now();
+    let project = project_dir();
+    let lab = match GithubLab::start(&GithubLabOptions {
+        dir: dir.clone(),
+        project: project.clone(),
+        offline_after: Duration::from_secs(5),
+    }) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: the GitHub lab did not start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    println!(
+        "GitHub lab up in {:.1} s: GitHub emulator {} (repository {}), runner hosts {}, state in {}",
+        t0.elapsed().as_secs_f64(),
+        lab.github.enterprise_api_url(),
+        flowrun_lab::lab::github::REPO,
+        lab.runners
+            .iter()
+            .map(|r| format!("{} ({}, {})", r.name, r.role, r.ip))
+            .collect::<Vec<_>>()
+            .join(" and "),
+        lab.dir.display()
+    );
+    let bin = flowrun_bin();
+    if command == "up" {
+        return github_up(&lab, &bin, &project);
+    }
+    let failed = github_story::tell(&lab, &bin, &project);
+    if failed.is_empty() {
+        println!("\nGitHub lab story: every check held");
+        ExitCode::SUCCESS
+    } else {
+        println!("\nGitHub lab story: {} check(s) failed:", failed.len());
+        for f in &failed {
+            println!("  - {f}");
+        }
+        ExitCode::from(1)
+    }
+}
+
+/// Provision the GitHub lab, print the commands to try, wait for Ctrl-C.
+fn github_up(lab: &GithubLab, bin: &Path, project: &Path) -> ExitCode {
+    let wf = |n: &str| workflow(project, n);
+    println!("\nprovisioning both runners ...");
+    let run = github_story::flowrun(lab, bin, &["run", &wf("provision-github-runner"), "-q"], &[]);
+    if run.code != 0 {
+        eprintln!("{}\nerror: provisioning failed (exit {})", run.out, run.code);
+        return ExitCode::from(1);
+    }
+    let (inv, b) = (lab.inventory().display().to_string(), bin.display().to_string());
+    let primary = lab.runner("primary").name.clone();
+    println!(
+        "provisioned in {:.1} s. In another shell:\n\n  . {}/env\n",
+        run.secs,
+        lab.dir.display()
+    );
+    for (what, args) in [
+        (
+            "provision again (changed=0)",
+            format!("run {} -i {inv}", wf("provision-github-runner")),
+        ),
+        (
+            "the health gate",
+            format!("run {} -i {inv}", wf("select-github-runner")),
+        ),
+        (
+            "deploy a release (1.0.0, 2.0.0; 3.0.0 fails its health check)",
+            format!("run {} -i {inv} -e version=1.0.0", wf("deploy-with-failover")),
+        ),
+        (
+            "validate, with a JUnit report",
+            format!("run {} -i {inv} --junit validate.xml", wf("validate-github-runner")),
+        ),
+    ] {
+        println!("  # {what}\n  {b} {args}\n");
+    }
+    let service = github_story::runner_service(&primary);
+    println!(
+        "  # stop the primary's runner service (GitHub lists it offline 5 s later), then run the gate again\n  {} service {service} stop\n",
+        ssh_command(lab, "primary")
+    );
+    println!("Ctrl-C stops the lab.");
+    lab.block_on(async {
+        let _ = tokio::signal::ctrl_c().await;
+    });
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("bench") {
-        return bench();
+    match std::env::args().nth(1).as_deref() {
+        Some("bench") => return bench(),
+        Some("github") => return github(),
+        _ => {}
     }
     let Some(args) = parse() else { return usage() };
     println!("{WHAT_IS_EMULATED}\n");

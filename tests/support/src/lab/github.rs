@@ -86,7 +86,8 @@ impl Drop for GithubLab {
 fn next_vmid() -> u32 {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let base = 20_000 + (std::process::id() % 2_000) * 16;
-    base + NEXT.fetch_add(1, Ordering::Relaxed) % 16
+    // Never a low byte of 0: the address would be `.1`, the same as the next id's.
+    base + 1 + NEXT.fetch_add(1, Ordering::Relaxed) % 15
 }
 
 impl GithubLab {
@@ -235,6 +236,8 @@ impl GithubLab {
                 "identity_file": self.dir.join("id_ed25519"),
                 "known_hosts_file": self.dir.join("known_hosts"),
                 "node_exporter_listen_address": r.ip.to_string(),
+                // Over the group's 9100: this machine may run a node_exporter of its own.
+                "node_exporter_port": NODE_EXPORTER_PORT,
                 "app_listen_address": r.ip.to_string(),
             });
             write(
@@ -309,10 +312,48 @@ impl GithubLab {
         format!("http://{}:{APP_PORT}", self.runner(runner).ip)
     }
 
+    /// `GET path` from the demo app on a runner host: status and body
+    /// (plain HTTP/1.0 on loopback, bounded by a 5 s timeout).
+    pub fn app_get(&self, runner: &str, path: &str) -> io::Result<(u16, String)> {
+        http_get(&format!("{}:{APP_PORT}", self.runner(runner).ip), path)
+    }
+
+    /// What node_exporter on a runner host serves at `/metrics`.
+    pub fn node_exporter_metrics(&self, runner: &str) -> io::Result<String> {
+        let (status, body) = http_get(&format!("{}:{NODE_EXPORTER_PORT}", self.runner(runner).ip), "/metrics")?;
+        if status != 200 {
+            return Err(io::Error::other(format!("node_exporter answered {status}")));
+        }
+        Ok(body)
+    }
+
     /// Run something on the lab's runtime (the emulator lives there).
     pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
         self.runtime.block_on(f)
     }
+}
+
+/// A plain `GET` (HTTP/1.0, the server closes): status and body.
+fn http_get(addr: &str, path: &str) -> io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let timeout = Duration::from_secs(5);
+    let sock: std::net::SocketAddr = addr.parse().map_err(io::Error::other)?;
+    let mut s = std::net::TcpStream::connect_timeout(&sock, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("not an HTTP answer: {text:?}")))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
 }
 
 /// Run a build script that prints the path it built; that path.

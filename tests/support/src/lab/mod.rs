@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod github;
+pub mod github_story;
 
 pub use backend::SshdVmBackend;
 
