@@ -202,9 +202,6 @@ pub struct PlanArgs {
     pub workflow: String,
     #[command(flatten)]
     pub common: Common,
-    /// Output format on stdout (`json`: every node and instance with its prediction).
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-    pub output: OutputFormat,
 }
 
 #[derive(Args, Debug)]
@@ -242,9 +239,6 @@ pub struct HistoryArgs {
     pub workflow: Option<String>,
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
-    /// Output format on stdout.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-    pub output: OutputFormat,
     #[command(flatten)]
     pub journal: JournalArgs,
 }
@@ -252,9 +246,6 @@ pub struct HistoryArgs {
 #[derive(Args, Debug)]
 pub struct ShowArgs {
     pub run_id: String,
-    /// Output format on stdout.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-    pub output: OutputFormat,
     #[command(flatten)]
     pub journal: JournalArgs,
 }

@@ -14,7 +14,6 @@ mod jinja;
 mod journal;
 mod k8s;
 mod lifecycle;
-mod plan_matches_run;
 mod progress;
 mod rollback;
 mod schema;

@@ -88,17 +88,16 @@ impl Default for RunOptions {
 }
 
 impl RunOptions {
-    /// This run's mode, as the journal records it.
-    pub fn mode(&self) -> crate::status::RunMode {
-        use crate::status::RunMode;
+    /// The word the journal records for this run's mode.
+    pub fn mode_word(&self) -> &'static str {
         if self.check {
-            RunMode::Check
+            "check"
         } else if self.verify {
-            RunMode::Verify
+            "verify"
         } else if self.force {
-            RunMode::Force
+            "force"
         } else {
-            RunMode::Run
+            "run"
         }
     }
 }

@@ -17,7 +17,7 @@ pub(crate) enum Write {
     BeginRun(RunRow),
     FinishRun {
         id: String,
-        status: crate::status::RunStatus,
+        status: String,
         totals: String,
     },
     Step {

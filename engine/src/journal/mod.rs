@@ -21,14 +21,12 @@ mod pgurl;
 mod postgres;
 mod sqlite;
 mod tls;
-mod words;
 
 pub use backend::{Item, Pruned, Stats, WorkflowStats};
 pub use location::Location;
 pub use pgurl::{PgTarget, SslMode};
 
 use crate::secrets::SecretKey;
-pub use crate::status::{RunMode, RunStatus, Status};
 use backend::{Backend, LockClaim, Mark, Write};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -50,7 +48,7 @@ pub struct RecordKey {
 #[derive(Debug, Clone)]
 pub struct Record {
     pub fingerprint: String,
-    pub status: Status,
+    pub status: String,
     /// Plaintext outputs (JSON), when they hold no secret.
     pub outputs: Option<String>,
     /// Encrypted outputs, when they do.
@@ -73,7 +71,7 @@ pub struct RunStep {
     pub step_id: String,
     pub host: String,
     pub item: String,
-    pub status: Status,
+    pub status: String,
     pub from_journal: bool,
     pub duration_ms: u64,
     pub message: Option<String>,
@@ -86,11 +84,11 @@ pub struct RunRow {
     pub inventory: String,
     pub started_at: i64,
     pub finished_at: Option<i64>,
-    pub status: RunStatus,
+    pub status: String,
     /// The controller: the machine the run ran on.
     pub host: String,
     pub pid: i64,
-    pub mode: RunMode,
+    pub mode: String,
     pub totals: Option<String>,
 }
 
@@ -362,10 +360,10 @@ impl Journal {
         self.write(Write::BeginRun(row));
     }
 
-    pub fn finish_run(&self, id: &str, status: RunStatus, totals: &Value) {
+    pub fn finish_run(&self, id: &str, status: &str, totals: &Value) {
         self.write(Write::FinishRun {
             id: id.to_owned(),
-            status,
+            status: status.to_owned(),
             totals: totals.to_string(),
         });
     }

@@ -479,7 +479,7 @@ mod tests {
             key.clone(),
             Record {
                 fingerprint: "f".into(),
-                status: crate::status::Status::Changed,
+                status: "changed".into(),
                 outputs: Some("{}".into()),
                 outputs_enc: None,
                 run_id: "r".into(),
