@@ -211,20 +211,7 @@ fn provision_registers_both_runners_once_and_never_exposes_the_token() {
     assert_eq!(lab.github.registration_tokens_issued(), 0);
 }
 
-/// The JUnit testcases of a report that failed, as `name [host]`... as they are named.
-pub fn junit_failures(report: &str) -> Vec<String> {
-    report
-        .split("<testcase")
-        .skip(1)
-        .filter(|t| t.contains("<failure"))
-        .filter_map(|t| {
-            t.split("name=\"")
-                .nth(1)
-                .and_then(|n| n.split('"').next())
-                .map(str::to_owned)
-        })
-        .collect()
-}
+pub use flowrun_lab::lab::github_story::junit_failures;
 
 /// The gate and the validation: the primary while healthy; its service
 /// stopped (offline in GitHub) or its host down: the secondary, saying why,
