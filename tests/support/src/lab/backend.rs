@@ -41,6 +41,33 @@ impl SshdVmBackend {
         vec![format!("ListenAddress {ip}:{}", self.ssh_port)]
     }
 
+    /// Whether the host's sshd listens on the lab's SSH port at `ip`. sshd
+    /// starts when it binds any of its addresses: one that finds `ip:PORT`
+    /// taken (by another VM on the same address) logs it and runs on, and
+    /// every connection meant for it would reach the other VM. Bounded:
+    /// sshd logs each bind before it accepts connections. `from`: where in
+    /// the log (which a restart appends to) this boot begins.
+    fn check_lab_port(&self, host: &SshdHost, ip: Ipv4Addr, from: usize) -> Result<(), String> {
+        let listening = format!("Server listening on {ip} port {}.", self.ssh_port);
+        let failed = format!("Bind to port {} on {ip} failed", self.ssh_port);
+        let t0 = std::time::Instant::now();
+        loop {
+            let all = host.log();
+            let log = all.get(from..).unwrap_or("");
+            if log.contains(&listening) {
+                return Ok(());
+            }
+            if log.contains(&failed) || t0.elapsed() > std::time::Duration::from_secs(10) {
+                return Err(format!(
+                    "its sshd cannot listen on {ip}:{} (another host has that address?): {}",
+                    self.ssh_port,
+                    log.trim()
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     /// Run `f` on the host of a VM (e.g. to count commands in tests).
     pub fn with_vm<T>(&self, vmid: u32, f: impl FnOnce(&SshdHost) -> T) -> Option<T> {
         self.vms
@@ -68,8 +95,13 @@ impl VmBackend for SshdVmBackend {
         let mut vms = self.vms.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(host) = vms.get_mut(&vmid) {
             if !host.is_running() {
+                let from = host.log().len();
                 host.restart(&self.extra_config(ip))
                     .map_err(|e| format!("vm {vmid} did not boot: {e}"))?;
+                if let Err(e) = self.check_lab_port(host, ip, from) {
+                    host.kill();
+                    return Err(format!("vm {vmid} did not boot: {e}"));
+                }
             }
             return Ok(ip);
         }
@@ -80,6 +112,9 @@ impl VmBackend for SshdVmBackend {
             extra_config: self.extra_config(ip),
         };
         let host = SshdHost::start(opts).map_err(|e| format!("vm {vmid} did not boot: {e}"))?;
+        // Dropped (killed) on error.
+        self.check_lab_port(&host, ip, 0)
+            .map_err(|e| format!("vm {vmid} did not boot: {e}"))?;
         if self.isolation != Isolation::None {
             // The "VM image": apt knows no remote repository, only what a workflow adds.
             // Through the VM's root as this machine sees it: no process to start.

@@ -70,8 +70,10 @@ pub struct GithubLab {
     files: PathBuf,
     project: PathBuf,
     file_server: Child,
-    // Last: the emulator's server runs on it.
+    // The emulator's server runs on it.
     runtime: tokio::runtime::Runtime,
+    // Last: released once the hosts on these addresses are gone.
+    _address_claims: Vec<std::fs::File>,
 }
 
 impl Drop for GithubLab {
@@ -81,13 +83,40 @@ impl Drop for GithubLab {
     }
 }
 
-/// VM ids unique in this process, and unlikely to meet another process's:
-/// each id is a loopback address (`127.77.X.Y`).
-fn next_vmid() -> u32 {
+/// A VM id for a lab host, with the claim on its address: each id is a
+/// loopback address (`127.77.X.Y`) where the host's sshd, demo app and
+/// node_exporter listen on fixed ports, so no two live hosts may share one,
+/// in this process or another (tests and labs run side by side). The claim
+/// is an exclusive lock on `TMPDIR/flowrun-lab-addresses/ADDRESS.lock`, held
+/// for as long as the returned file is open; the kernel drops it when the
+/// process dies, so a crashed lab leaves nothing to clean up.
+fn claim_vmid() -> io::Result<(u32, std::fs::File)> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let base = 20_000 + (std::process::id() % 2_000) * 16;
-    // Never a low byte of 0: the address would be `.1`, the same as the next id's.
-    base + 1 + NEXT.fetch_add(1, Ordering::Relaxed) % 15
+    let dir = std::env::temp_dir().join("flowrun-lab-addresses");
+    std::fs::create_dir_all(&dir)?;
+    // Processes start at different offsets, so they rarely even try the same address.
+    let start = (std::process::id() % 2_000) * 16;
+    for _ in 0..512 {
+        let id = 20_000 + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % 32_000;
+        // A low byte of 0 maps to `.1`, the next id's address.
+        if id & 0xff == 0 {
+            continue;
+        }
+        let path = dir.join(format!("{}.lock", SshdVmBackend::address_of(id)));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        match file.try_lock() {
+            Ok(()) => return Ok((id, file)),
+            Err(std::fs::TryLockError::WouldBlock) => continue,
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+    }
+    Err(io::Error::other(
+        "no free lab address: 512 addresses tried, all held by other labs",
+    ))
 }
 
 impl GithubLab {
@@ -134,9 +163,25 @@ impl GithubLab {
         let ssh_port = free_port("127.0.0.1")?;
         let backend = Arc::new(SshdVmBackend::new(Isolation::Filesystem, ssh_port, pubkey));
         let mut runners = Vec::new();
+        let mut address_claims = Vec::new();
         for (name, role) in [("lab-gh-primary", "primary"), ("lab-gh-secondary", "secondary")] {
-            let vmid = next_vmid();
-            let ip = backend.start(vmid, name).map_err(io::Error::other)?;
+            // A host that cannot have its address (something outside the labs holds
+            // the SSH port there) fails to start: then another address.
+            let mut tries = 0;
+            let (vmid, ip) = loop {
+                let (vmid, claim) = claim_vmid()?;
+                match backend.start(vmid, name) {
+                    Ok(ip) => {
+                        address_claims.push(claim);
+                        break (vmid, ip);
+                    }
+                    Err(e) if tries < 2 => {
+                        tries += 1;
+                        eprintln!("lab: {name}: {e}; trying another address");
+                    }
+                    Err(e) => return Err(io::Error::other(e)),
+                }
+            };
             runners.push(LabRunner {
                 name: name.into(),
                 role,
@@ -164,6 +209,7 @@ impl GithubLab {
             project: project.clone(),
             file_server,
             runtime,
+            _address_claims: address_claims,
         };
         let tarball_name = Path::new(&tarball)
             .file_name()
@@ -366,4 +412,27 @@ fn build(cmd: &mut Command, what: &str) -> io::Result<String> {
         )));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claimed_address_is_nobody_elses_until_released() {
+        let (a, held) = claim_vmid().unwrap();
+        let (b, _other) = claim_vmid().unwrap();
+        let ip = SshdVmBackend::address_of(a);
+        assert_ne!(ip, SshdVmBackend::address_of(b));
+        assert_ne!(a & 0xff, 0, "{a}");
+        // Another lab (its own open of the file, as another process has) finds it held.
+        let path = std::env::temp_dir().join(format!("flowrun-lab-addresses/{ip}.lock"));
+        let theirs = std::fs::File::open(&path).unwrap();
+        assert!(
+            matches!(theirs.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+            "{ip} is claimed twice"
+        );
+        drop(held);
+        theirs.try_lock().expect("a released address can be claimed");
+    }
 }
