@@ -343,7 +343,7 @@ pub fn tell(lab: &GithubLab, bin: &Path, project: &Path) -> Vec<String> {
     }
     s.check(
         "no request to GitHub, no registration token",
-        is(Ok(lab.github.requests().len()), 0),
+        is(Ok(lab.github.api_requests().len()), 0),
     );
 
     // 3. The gate: the primary.

@@ -408,6 +408,16 @@ impl GitHubEmulator {
         self.server.requests()
     }
 
+    /// The requests of API clients (flowrun, config.sh): every request but
+    /// the runner services' own traffic behind `/_services/` (sessions,
+    /// heartbeats every second, jobs), which goes on whatever flowrun does.
+    pub fn api_requests(&self) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| !r.path.starts_with("/_services/"))
+            .collect()
+    }
+
     pub fn writes(&self) -> Vec<Recorded> {
         self.requests().into_iter().filter(Recorded::is_write).collect()
     }
