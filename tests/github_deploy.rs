@@ -18,12 +18,41 @@ const APP_DIR: &str = "/srv/demo-app";
 const PRIMARY: &str = "lab-gh-primary";
 const SECONDARY: &str = "lab-gh-secondary";
 
-fn lab_or_skip() -> bool {
-    if crate::harness::is_root() {
-        return true;
+/// A test's GitHub lab, provisioned, with release 1.0.0 deployed (on the
+/// primary). Dropped in this order: the lab, its directory, then the lock.
+struct DeployLab {
+    lab: GithubLab,
+    dir: tempfile::TempDir,
+    /// The first deploy's output (it exited 0).
+    first_deploy: String,
+    _one: std::sync::MutexGuard<'static, ()>,
+}
+
+/// The setup of every lab test here: one lab at a time in this process
+/// ([`LAB_LOCK`]), in a fresh directory, with the demo app's releases
+/// `versions` built besides the lab's own (1.0.0, 2.0.0 and the failing
+/// 3.0.0), both runners provisioned, and 1.0.0 deployed. `None` (the test
+/// is skipped) unless root: the lab needs mount namespaces and overlays.
+fn deploy_lab(versions: &[&str]) -> Option<DeployLab> {
+    if !crate::harness::is_root() {
+        eprintln!("skipped: the lab needs root (mount namespaces and overlays)");
+        return None;
     }
-    eprintln!("skipped: the lab needs root (mount namespaces and overlays)");
-    false
+    let one = LAB_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().unwrap();
+    let lab = start_lab(dir.path());
+    for v in versions {
+        lab.build_app_release(v, false).unwrap();
+    }
+    provision(&lab);
+    let (code, out) = deploy(&lab, "1.0.0", &[]);
+    assert_eq!(code, 0, "{out}");
+    Some(DeployLab {
+        lab,
+        dir,
+        first_deploy: out,
+        _one: one,
+    })
 }
 
 /// `flowrun run deploy-with-failover -e version=V ARGS...`: exit code and output.
@@ -143,6 +172,59 @@ fn assert_serves(lab: &GithubLab, runner: &str, version: &str) {
     assert_eq!(v["release"], format!("{APP_DIR}/{rel}"), "{v}");
 }
 
+/// Where the host's `sync` records its arguments.
+const SYNC_LOG: &str = "/var/log/flowrun-test-sync.log";
+
+/// From now on, `sync` on a runner host (first in root's PATH) records what
+/// it is asked to flush, one argument per line, and then flushes it.
+fn record_syncs(lab: &GithubLab, runner: &str) {
+    let real = lab.run_on(runner, "command -v sync").unwrap();
+    lab.run_on(
+        runner,
+        &format!(
+            "printf '%s\\n' '#!/bin/sh' 'printf \"%s\\n\" \"$@\" >>{SYNC_LOG}' 'exec {} \"$@\"' >/usr/local/bin/sync \
+             && chmod 0755 /usr/local/bin/sync && : >{SYNC_LOG}",
+            real.trim()
+        ),
+    )
+    .unwrap();
+}
+
+/// The deploy of `version` made it durable in order (see [`record_syncs`]):
+/// every file of the release was flushed under its temporary name, then
+/// `releases/` after the rename that named it; `.pending` was flushed
+/// before it was renamed into place; `current`'s directory after it moved.
+fn assert_durable_switch(lab: &GithubLab, runner: &str, version: &str) {
+    let log = lab.run_on(runner, &format!("cat {SYNC_LOG}")).unwrap();
+    let synced: Vec<&str> = log.lines().collect();
+    let files = lab
+        .run_on(runner, &format!("cd {APP_DIR}/releases/{version} && find . -type f"))
+        .unwrap();
+    let named = synced
+        .iter()
+        .position(|l| *l == "releases")
+        .unwrap_or_else(|| panic!("releases/ was never flushed: {synced:?}"));
+    for f in files.lines() {
+        let f = f.trim_start_matches("./");
+        let at = synced.iter().position(|l| {
+            l.strip_prefix(&format!("releases/.incoming-{version}."))
+                .is_some_and(|rest| rest.ends_with(&format!("/tree/{f}")))
+        });
+        assert!(
+            at.is_some_and(|at| at < named),
+            "{f} of {version} was not flushed before the release was named: {synced:?}"
+        );
+    }
+    let pending = synced
+        .iter()
+        .position(|l| l.starts_with(".pending.new."))
+        .unwrap_or_else(|| panic!(".pending was never flushed: {synced:?}"));
+    assert!(
+        synced[pending..].iter().filter(|l| **l == ".").count() >= 2,
+        "the renames of `.pending` and `current` were not flushed: {synced:?}"
+    );
+}
+
 /// The host's deploy log: (host time, what) per line.
 fn deploy_log(lab: &GithubLab, runner: &str) -> Vec<(f64, String)> {
     lab.run_on(runner, &format!("cat {APP_DIR}/deploys.log 2>/dev/null || true"))
@@ -229,24 +311,19 @@ fn start_runner_service(lab: &GithubLab, role: &str) {
 /// exactly those series.
 #[test]
 fn deploys_on_the_primary_fail_over_to_the_secondary_and_roll_back_a_failing_release() {
-    if !lab_or_skip() {
-        return;
-    }
-    let _one = LAB_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = tempfile::tempdir().unwrap();
-    let lab = start_lab(dir.path());
-    provision(&lab);
+    let Some(t) = deploy_lab(&[]) else { return };
+    let (lab, dir) = (&t.lab, &t.dir);
 
     // 1. Healthy primary: 1.0.0 then 2.0.0 land there; the secondary is untouched.
-    let (code, out) = deploy(&lab, "1.0.0", &[]);
-    assert_eq!(code, 0, "{out}");
+    let out = &t.first_deploy;
     assert!(out.contains("chose lab-gh-primary (primary)"), "{out}");
-    assert_serves(&lab, PRIMARY, "1.0.0");
+    assert_serves(lab, PRIMARY, "1.0.0");
+    record_syncs(lab, PRIMARY);
     let t0 = Instant::now();
-    let (code, out) = deploy(&lab, "2.0.0", &[]);
+    let (code, out) = deploy(lab, "2.0.0", &[]);
     let two_took = t0.elapsed();
     assert_eq!(code, 0, "{out}");
-    assert_serves(&lab, PRIMARY, "2.0.0");
+    assert_serves(lab, PRIMARY, "2.0.0");
     assert_eq!(
         lab.run_on(PRIMARY, &format!("readlink {APP_DIR}/previous"))
             .unwrap()
@@ -254,7 +331,8 @@ fn deploys_on_the_primary_fail_over_to_the_secondary_and_roll_back_a_failing_rel
         "releases/1.0.0",
         "the previous release is kept"
     );
-    nothing_deployed(&lab, SECONDARY);
+    assert_durable_switch(lab, PRIMARY, "2.0.0");
+    nothing_deployed(lab, SECONDARY);
     for r in lab.github.runners() {
         assert_eq!(r.status, "online", "{r:?}");
     }
@@ -267,7 +345,7 @@ fn deploys_on_the_primary_fail_over_to_the_secondary_and_roll_back_a_failing_rel
         Some("1"),
         "{prom}"
     );
-    let intervals = deploy_intervals(&deploy_log(&lab, PRIMARY));
+    let intervals = deploy_intervals(&deploy_log(lab, PRIMARY));
     assert_eq!(
         intervals
             .iter()
@@ -276,14 +354,14 @@ fn deploys_on_the_primary_fail_over_to_the_secondary_and_roll_back_a_failing_rel
         [("1.0.0", "ok"), ("2.0.0", "ok")]
     );
     // Again: nothing changes on the host, and the journal knows this workflow's runs.
-    let (code, out) = deploy(&lab, "2.0.0", &[]);
+    let (code, out) = deploy(lab, "2.0.0", &[]);
     assert_eq!(code, 0, "{out}");
     assert!(
         crate::github_runners::recap(&out, PRIMARY).contains("changed=0 failed=0"),
         "{out}"
     );
-    assert_serves(&lab, PRIMARY, "2.0.0");
-    let history = history(&lab);
+    assert_serves(lab, PRIMARY, "2.0.0");
+    let history = history(lab);
     assert_eq!(
         history.lines().filter(|l| l.contains("success")).count(),
         3,
@@ -293,9 +371,9 @@ fn deploys_on_the_primary_fail_over_to_the_secondary_and_roll_back_a_failing_rel
 
     // 2. The primary's runner service stops: GitHub lists it offline; the
     //    gate takes the secondary and says why; the deploy lands there.
-    stop_runner_service(&lab, "primary");
+    stop_runner_service(lab, "primary");
     let t0 = Instant::now();
-    let (code, out) = deploy(&lab, "2.0.0", &[]);
+    let (code, out) = deploy(lab, "2.0.0", &[]);
     let failover_took = t0.elapsed();
     assert_eq!(code, 0, "{out}");
     assert!(
@@ -303,10 +381,10 @@ fn deploys_on_the_primary_fail_over_to_the_secondary_and_roll_back_a_failing_rel
             && out.contains("rejected lab-gh-primary (primary): offline in GitHub"),
         "{out}"
     );
-    assert_serves(&lab, SECONDARY, "2.0.0");
-    assert_serves(&lab, PRIMARY, "2.0.0");
+    assert_serves(lab, SECONDARY, "2.0.0");
+    assert_serves(lab, PRIMARY, "2.0.0");
     assert_eq!(
-        deploy_intervals(&deploy_log(&lab, PRIMARY)).len(),
+        deploy_intervals(&deploy_log(lab, PRIMARY)).len(),
         3,
         "the primary was not deployed to"
     );
@@ -322,12 +400,12 @@ fn deploys_on_the_primary_fail_over_to_the_secondary_and_roll_back_a_failing_rel
         );
     }
     eprintln!("a deploy with failover (first deploy on the secondary): {failover_took:.2?}");
-    start_runner_service(&lab, "primary");
+    start_runner_service(lab, "primary");
 
     // 5. 3.0.0 fails its health check: rolled back to 2.0.0 on the primary, exit 1, metrics 0.
     let metrics_file = dir.path().join("flowrun-deploy.prom");
     let t0 = Instant::now();
-    let (code, out) = deploy(&lab, "3.0.0", &["--metrics", metrics_file.to_str().unwrap()]);
+    let (code, out) = deploy(lab, "3.0.0", &["--metrics", metrics_file.to_str().unwrap()]);
     let rollback_took = t0.elapsed();
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("chose lab-gh-primary (primary)"), "{out}");
@@ -340,9 +418,9 @@ fn deploys_on_the_primary_fail_over_to_the_secondary_and_roll_back_a_failing_rel
         out.contains("Rollback on lab-gh-primary: rolled back to 2.0.0 (from 3.0.0)"),
         "{out}"
     );
-    assert_serves(&lab, PRIMARY, "2.0.0");
-    assert_serves(&lab, SECONDARY, "2.0.0");
-    let last = deploy_intervals(&deploy_log(&lab, PRIMARY)).pop().unwrap();
+    assert_serves(lab, PRIMARY, "2.0.0");
+    assert_serves(lab, SECONDARY, "2.0.0");
+    let last = deploy_intervals(&deploy_log(lab, PRIMARY)).pop().unwrap();
     assert_eq!((last.0.as_str(), last.3.as_str()), ("3.0.0", "failed"));
     let flowrun_metrics = std::fs::read_to_string(&metrics_file).unwrap();
     assert_eq!(
@@ -434,25 +512,17 @@ fn alert_rules_fire_on(scrapes: &[String], dir: &Path) {
 /// PostgreSQL journal.
 #[test]
 fn deploys_started_together_never_overlap_on_one_controller_or_two() {
-    if !lab_or_skip() {
-        return;
-    }
-    let _one = LAB_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = tempfile::tempdir().unwrap();
-    let lab = start_lab(dir.path());
-    lab.build_app_release("2.1.0", false).unwrap();
-    provision(&lab);
-    let (code, out) = deploy(&lab, "1.0.0", &[]);
-    assert_eq!(code, 0, "{out}");
+    let Some(t) = deploy_lab(&["2.1.0"]) else { return };
+    let (lab, dir) = (&t.lab, &t.dir);
 
     // One controller, its SQLite journal.
-    let spawn = |v: &str, args: &[&str], tag: &str| spawn_deploy(&lab, v, args, dir.path(), tag);
+    let spawn = |v: &str, args: &[&str], tag: &str| spawn_deploy(lab, v, args, dir.path(), tag);
     let together = [("2.0.0", "a"), ("2.1.0", "b")];
     let runs: Vec<(String, Child)> = together
         .iter()
         .map(|(v, tag)| ((*v).to_owned(), spawn(v, &["--wait-lock", "2m"], tag)))
         .collect();
-    let refused = hold_and_try(&lab, &runs, || {
+    let refused = hold_and_try(lab, &runs, || {
         let mut c = spawn("2.1.0", &[], "c");
         let code = wait_child(&mut c, Duration::from_secs(60));
         (code, output_of(dir.path(), "c"))
@@ -467,13 +537,13 @@ fn deploys_started_together_never_overlap_on_one_controller_or_two() {
             output_of(dir.path(), tag)
         );
     }
-    let done = no_overlap(&lab, 3);
+    let done = no_overlap(lab, 3);
     assert_eq!(
         done.iter().map(|d| d.3.as_str()).collect::<Vec<_>>(),
         ["ok", "ok", "ok"]
     );
     let last = done[2].0.clone();
-    assert_serves(&lab, PRIMARY, &last);
+    assert_serves(lab, PRIMARY, &last);
 
     // Two controllers: each its own directory with a copy of the inventory
     // at the same relative path (so they take the same lock), one journal.
@@ -529,7 +599,7 @@ fn deploys_started_together_never_overlap_on_one_controller_or_two() {
             )
         })
         .collect();
-    let refused = hold_and_try(&lab, &runs, || {
+    let refused = hold_and_try(lab, &runs, || {
         let mut c = pg_deploy(&controllers[1], "2.0.0", &[], "pg3");
         let code = wait_child(&mut c, Duration::from_secs(60));
         (code, output_of(dir.path(), "pg3"))
@@ -544,30 +614,37 @@ fn deploys_started_together_never_overlap_on_one_controller_or_two() {
             output_of(dir.path(), &format!("pg{}", i + 1))
         );
     }
-    let done = no_overlap(&lab, 6);
+    let done = no_overlap(lab, 6);
     assert!(done.iter().all(|d| d.3 == "ok"), "{done:?}");
-    assert_serves(&lab, PRIMARY, &done[5].0);
-    nothing_deployed(&lab, SECONDARY);
+    assert_serves(lab, PRIMARY, &done[5].0);
+    nothing_deployed(lab, SECONDARY);
 }
 
 /// While one of `runs` holds the lock (its deploy began on the host and has
 /// not ended), freeze it, so that the lock is surely held; run `attempt`;
-/// let it go on. `attempt`'s result.
+/// let it go on. `attempt`'s result. Any moment inside either deploy will
+/// do: the first may begin and end between two looks at the log, and the
+/// second then holds the lock.
 fn hold_and_try<T>(lab: &GithubLab, runs: &[(String, Child)], attempt: impl FnOnce() -> T) -> T {
-    let ends_before = deploy_intervals(&deploy_log(lab, PRIMARY)).len();
+    let is_begin = |w: &str| w.starts_with("begin ");
+    let begins_before = deploy_log(lab, PRIMARY).iter().filter(|(_, w)| is_begin(w)).count();
     let mut holder = None;
     wait_until("one of the deploys begins on the host", Duration::from_secs(60), || {
         let log = deploy_log(lab, PRIMARY);
-        let began = log
-            .iter()
-            .rev()
-            .find_map(|(_, w)| w.strip_prefix("begin ").map(str::to_owned));
-        let open = deploy_intervals(&log).len() == ends_before
-            && log.iter().filter(|(_, w)| w.starts_with("begin ")).count() > ends_before;
-        if open {
-            holder = began;
+        let began = log.iter().filter(|(_, w)| is_begin(w)).count() > begins_before;
+        // The last begin or end: a begin is a deploy under way.
+        let last = log.iter().rev().find_map(|(_, w)| {
+            w.strip_prefix("begin ")
+                .map(|v| Some(v.to_owned()))
+                .or_else(|| w.starts_with("end ").then_some(None))
+        });
+        match last {
+            Some(Some(v)) if began => {
+                holder = Some(v);
+                true
+            }
+            _ => false,
         }
-        open
     });
     let holder = holder.unwrap();
     let (_, child) = runs
@@ -628,21 +705,13 @@ impl Rng {
 /// abandoned and what the next runs recovered.
 #[test]
 fn sigkill_of_the_controller_at_random_moments_never_leaves_a_half_switched_release() {
-    if !lab_or_skip() {
-        return;
-    }
-    let _one = LAB_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = tempfile::tempdir().unwrap();
-    let lab = start_lab(dir.path());
-    lab.build_app_release("2.1.0", false).unwrap();
-    provision(&lab);
-    let (code, out) = deploy(&lab, "1.0.0", &[]);
-    assert_eq!(code, 0, "{out}");
+    let Some(t) = deploy_lab(&["2.1.0"]) else { return };
+    let (lab, dir) = (&t.lab, &t.dir);
     // How long the host's part of a switching deploy takes (its log's
     // begin to end): the kills fall within it, after the gate.
-    let (code, out) = deploy(&lab, "2.0.0", &[]);
+    let (code, out) = deploy(lab, "2.0.0", &[]);
     assert_eq!(code, 0, "{out}");
-    let reference = deploy_intervals(&deploy_log(&lab, PRIMARY)).pop().unwrap();
+    let reference = deploy_intervals(&deploy_log(lab, PRIMARY)).pop().unwrap();
     let span = ((reference.2 - reference.1) * 1000.0) as u64;
 
     let seed = std::env::var("FLOWRUN_KILL_SEED")
@@ -656,10 +725,10 @@ fn sigkill_of_the_controller_at_random_moments_never_leaves_a_half_switched_rele
     for trial in 0..10 {
         let version = if serving == "2.0.0" { "2.1.0" } else { "2.0.0" };
         let at = Duration::from_millis(rng.below(span));
-        let logged = deploy_log(&lab, PRIMARY).len();
-        let mut child = spawn_deploy(&lab, version, &[], dir.path(), &format!("kill{trial}"));
+        let logged = deploy_log(lab, PRIMARY).len();
+        let mut child = spawn_deploy(lab, version, &[], dir.path(), &format!("kill{trial}"));
         let t0 = Instant::now();
-        while !deploy_log(&lab, PRIMARY)[logged..]
+        while !deploy_log(lab, PRIMARY)[logged..]
             .iter()
             .any(|(_, w)| w.starts_with("begin "))
         {
@@ -672,20 +741,20 @@ fn sigkill_of_the_controller_at_random_moments_never_leaves_a_half_switched_rele
         std::thread::sleep(at);
         signal(&child, "KILL");
         let _ = child.wait();
-        let log = deploy_log(&lab, PRIMARY);
+        let log = deploy_log(lab, PRIMARY);
         let last_event = log.last().map(|(_, w)| w.clone()).unwrap_or_default();
         // At the moment of the kill: `current` names a complete release.
-        let now = current(&lab, PRIMARY).expect("`current` exists");
-        assert!(complete(&lab, PRIMARY, &now), "trial {trial}: {now} incomplete");
+        let now = current(lab, PRIMARY).expect("`current` exists");
+        assert!(complete(lab, PRIMARY, &now), "trial {trial}: {now} incomplete");
 
-        let (code, out) = deploy(&lab, version, &[]);
+        let (code, out) = deploy(lab, version, &[]);
         assert_eq!(code, 0, "trial {trial} (killed at {at:?}):\n{out}");
         let rolled_back = out.contains("recovery of what a run that died left unfinished");
         if rolled_back {
             recovered += 1;
             assert!(out.contains("changed: [lab-gh-primary] rollback"), "{out}");
         }
-        assert_serves(&lab, PRIMARY, version);
+        assert_serves(lab, PRIMARY, version);
         eprintln!(
             "trial {trial}: killed {at:?} after the begin (last logged: {last_event}), `current` on {now}; the next run {}",
             if rolled_back {
@@ -696,8 +765,8 @@ fn sigkill_of_the_controller_at_random_moments_never_leaves_a_half_switched_rele
         );
         serving = version.to_owned();
     }
-    nothing_deployed(&lab, SECONDARY);
-    let history = history(&lab);
+    nothing_deployed(lab, SECONDARY);
+    let history = history(lab);
     let abandoned = history.lines().filter(|l| l.contains("abandoned")).count();
     assert!(
         (recovered..=10).contains(&abandoned),
