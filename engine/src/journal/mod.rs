@@ -21,12 +21,14 @@ mod pgurl;
 mod postgres;
 mod sqlite;
 mod tls;
+mod words;
 
 pub use backend::{Item, Pruned, Stats, WorkflowStats};
 pub use location::Location;
 pub use pgurl::{PgTarget, SslMode};
 
 use crate::secrets::SecretKey;
+pub use crate::status::{RunMode, RunStatus, Status};
 use backend::{Backend, LockClaim, Mark, Write};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -48,7 +50,7 @@ pub struct RecordKey {
 #[derive(Debug, Clone)]
 pub struct Record {
     pub fingerprint: String,
-    pub status: String,
+    pub status: Status,
     /// Plaintext outputs (JSON), when they hold no secret.
     pub outputs: Option<String>,
     /// Encrypted outputs, when they do.
@@ -71,7 +73,7 @@ pub struct RunStep {
     pub step_id: String,
     pub host: String,
     pub item: String,
-    pub status: String,
+    pub status: Status,
     pub from_journal: bool,
     pub duration_ms: u64,
     pub message: Option<String>,
@@ -84,11 +86,11 @@ pub struct RunRow {
     pub inventory: String,
     pub started_at: i64,
     pub finished_at: Option<i64>,
-    pub status: String,
+    pub status: RunStatus,
     /// The controller: the machine the run ran on.
     pub host: String,
     pub pid: i64,
-    pub mode: String,
+    pub mode: RunMode,
     pub totals: Option<String>,
 }
 
@@ -360,10 +362,10 @@ impl Journal {
         self.write(Write::BeginRun(row));
     }
 
-    pub fn finish_run(&self, id: &str, status: &str, totals: &Value) {
+    pub fn finish_run(&self, id: &str, status: RunStatus, totals: &Value) {
         self.write(Write::FinishRun {
             id: id.to_owned(),
-            status: status.to_owned(),
+            status,
             totals: totals.to_string(),
         });
     }
