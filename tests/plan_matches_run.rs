@@ -611,3 +611,53 @@ fn the_shipped_workflows_in_the_lab() {
     }
     assert!(from_journal > 10, "{from_journal} instances from the journal");
 }
+
+/// The GitHub lab's shipped workflows (provision, validate, select, then a
+/// deploy through the gate): each run once, then again, every run checked
+/// (root only: the lab needs mount namespaces). Plan resolves the secrets
+/// too, so the token's `command:` source runs once more per run; nothing
+/// here counts those.
+#[test]
+fn the_shipped_github_workflows_in_the_lab() {
+    if !crate::harness::is_root() {
+        eprintln!("skipped: the lab needs root (mount namespaces and overlays)");
+        return;
+    }
+    use crate::github_runners::{assert_no_secret, start_lab, wf, LAB_LOCK};
+    let _one = LAB_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().unwrap();
+    let lab = start_lab(dir.path());
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_flowrun"));
+    let metrics = format!(
+        "github_metrics_file={}",
+        dir.path().join("github-runners.prom").display()
+    );
+    let runs: [(&str, &[&str]); 4] = [
+        ("provision-github-runner", &[]),
+        ("validate-github-runner", &["-e", &metrics]),
+        ("select-github-runner", &[]),
+        ("deploy-with-failover", &["-e", "version=1.0.0"]),
+    ];
+    let mut from_journal = 0;
+    for (name, extra) in runs {
+        let file = wf(name);
+        let mut args = vec!["run", file.as_str()];
+        args.extend_from_slice(extra);
+        for round in 0..2 {
+            let (out, verdict) = run_checked(lab.flowrun(bin, &args));
+            let text = format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_no_secret(&lab, &text, "the output");
+            assert!(out.status.success(), "{name} round {round}:\n{text}");
+            let n = verdict.unwrap_or_else(|e| panic!("{name} round {round}: {e}"));
+            if round == 0 && name == "provision-github-runner" {
+                assert_eq!(n, 0, "a first provision takes nothing from the journal");
+            }
+            from_journal += n;
+        }
+    }
+    assert!(from_journal > 10, "{from_journal} instances from the journal");
+}
