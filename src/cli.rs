@@ -202,6 +202,9 @@ pub struct PlanArgs {
     pub workflow: String,
     #[command(flatten)]
     pub common: Common,
+    /// Output format on stdout (`json`: every node and instance with its prediction).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
 }
 
 #[derive(Args, Debug)]
@@ -239,6 +242,9 @@ pub struct HistoryArgs {
     pub workflow: Option<String>,
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
     #[command(flatten)]
     pub journal: JournalArgs,
 }
@@ -246,6 +252,9 @@ pub struct HistoryArgs {
 #[derive(Args, Debug)]
 pub struct ShowArgs {
     pub run_id: String,
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
     #[command(flatten)]
     pub journal: JournalArgs,
 }

@@ -14,6 +14,7 @@ mod jinja;
 mod journal;
 mod k8s;
 mod lifecycle;
+mod plan_matches_run;
 mod progress;
 mod rollback;
 mod schema;

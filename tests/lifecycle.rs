@@ -68,12 +68,19 @@ fn etc_snapshot(lab: &Lab, vmid: u32) -> Vec<(PathBuf, std::time::SystemTime)> {
     out
 }
 
+/// One GitLab lab at a time in this test binary: every lab numbers its VMs
+/// from the same first id, so two at once would give two VMs one address.
+pub static GITLAB_LAB_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn provision_validate_break_repair_reprovision() {
     if !crate::harness::is_root() {
         eprintln!("skipped: the lab needs root (mount namespaces and overlays)");
         return;
     }
+    let _one = GITLAB_LAB_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().unwrap();
     let lab = Lab::start(&LabOptions {
         dir: dir.path().join("lab"),

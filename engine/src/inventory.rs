@@ -1,17 +1,21 @@
 //! Inventories in the structure of Ansible's YAML inventory (`all`, `vars`,
 //! `children`, `hosts`), with `group_vars/` and `host_vars/` beside the file,
 //! Ansible's connection aliases, and host patterns (`all`, groups, hosts,
-//! globs, `:` union, `:&` intersection, `:!` exclusion). Ansible's INI
+//! globs, `:` union, `:&` intersection, `:!` exclusion, in [`pattern`]). Ansible's INI
 //! format, and its dynamic inventories (scripts and `ansible-inventory
 //! --list` JSON, in [`dynamic`]) load into the same model.
 
+mod conn;
 mod dynamic;
 mod ini;
+mod pattern;
+pub use conn::CONN_KEYS;
 pub use dynamic::DEFAULT_TIMEOUT as SCRIPT_TIMEOUT;
 
 use crate::diag::{suggest, Diagnostic, Diagnostics, Source};
-use crate::host::{ConnSpec, Connection, Host, HostKeyPolicy, HostTable};
+use crate::host::{ConnSpec, Host, HostTable};
 use crate::yaml::{self, Key, YValue, Yaml};
+use conn::{apply_conn, apply_host_vars, canonical, check_group_conn_vars};
 use indexmap::IndexMap;
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
@@ -42,28 +46,6 @@ pub struct Inventory {
     pub groups: IndexMap<String, Group>,
     pub hosts: IndexMap<String, HostEntry>,
 }
-
-/// Inventory keys that configure the connection rather than define variables.
-pub const CONN_KEYS: &[&str] = &[
-    "address",
-    "port",
-    "user",
-    "identity_file",
-    "known_hosts_file",
-    "host_key_policy",
-    "ssh_config_file",
-    "ssh_args",
-    "become",
-    "become_user",
-    "connection",
-    "ansible_host",
-    "ansible_port",
-    "ansible_user",
-    "ansible_ssh_private_key_file",
-    "ansible_connection",
-    "ansible_become",
-    "ansible_become_user",
-];
 
 impl Inventory {
     /// An inventory with only the implicit `localhost`.
@@ -315,90 +297,6 @@ impl Inventory {
         }
         table
     }
-
-    /// Hosts matching a pattern, in inventory order. Unknown names are an error (a typo).
-    pub fn resolve(&self, pattern: &str) -> Result<Vec<String>, String> {
-        let mut selected: Vec<String> = Vec::new();
-        for part in pattern.split([':', ',']).map(str::trim).filter(|p| !p.is_empty()) {
-            let (op, name) = match part.as_bytes()[0] {
-                b'!' => ('!', &part[1..]),
-                b'&' => ('&', &part[1..]),
-                _ => ('+', part),
-            };
-            let hosts = self.match_one(name)?;
-            match op {
-                '!' => selected.retain(|h| !hosts.contains(h)),
-                '&' => selected.retain(|h| hosts.contains(h)),
-                _ => {
-                    for h in hosts {
-                        if !selected.contains(&h) {
-                            selected.push(h);
-                        }
-                    }
-                }
-            }
-        }
-        let order: Vec<&String> = self.hosts.keys().collect();
-        selected.sort_by_key(|h| order.iter().position(|o| *o == h).unwrap_or(usize::MAX));
-        Ok(selected)
-    }
-
-    fn match_one(&self, name: &str) -> Result<Vec<String>, String> {
-        if name == "localhost" && !self.hosts.contains_key("localhost") {
-            return Ok(vec!["localhost".into()]);
-        }
-        if name == "all" || name == "*" {
-            return Ok(self.hosts.keys().cloned().collect());
-        }
-        if self.groups.contains_key(name) {
-            let mut out = Vec::new();
-            self.collect_group(name, &mut out, &mut Vec::new());
-            return Ok(out);
-        }
-        if self.hosts.contains_key(name) {
-            return Ok(vec![name.to_owned()]);
-        }
-        if name.contains('*') {
-            let out: Vec<String> = self.hosts.keys().filter(|h| glob(name, h)).cloned().collect();
-            return Ok(out);
-        }
-        let mut names: Vec<&str> = self.groups.keys().map(String::as_str).collect();
-        names.extend(self.hosts.keys().map(String::as_str));
-        names.push("localhost");
-        let mut msg = format!("no host or group `{name}` in the inventory");
-        if let Some(s) = crate::diag::did_you_mean(name, names.iter().copied()) {
-            msg.push_str(&format!(" (did you mean `{s}`?)"));
-        }
-        Err(msg)
-    }
-
-    fn collect_group(&self, g: &str, out: &mut Vec<String>, seen: &mut Vec<String>) {
-        if seen.iter().any(|s| s == g) {
-            return;
-        }
-        seen.push(g.to_owned());
-        if let Some(group) = self.groups.get(g) {
-            for h in &group.hosts {
-                if !out.contains(h) {
-                    out.push(h.clone());
-                }
-            }
-            for c in &group.children {
-                self.collect_group(c, out, seen);
-            }
-        }
-    }
-}
-
-fn glob(pattern: &str, text: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == text,
-        Some((head, tail)) => {
-            text.starts_with(head)
-                && (0..=text.len() - head.len())
-                    .any(|i| text.is_char_boundary(head.len() + i) && glob(tail, &text[head.len() + i..]))
-        }
-    }
 }
 
 fn key_len(name: &str) -> u32 {
@@ -434,124 +332,19 @@ fn read_var_file(dir: &Path, name: &str, errs: &mut Diagnostics) -> Option<(Arc<
     }
 }
 
-fn apply_host_vars(
-    src: &Arc<Source>,
-    _node: &Yaml,
-    entry: &mut HostEntry,
-    vars: Vec<(Key, Yaml)>,
-    errs: &mut Diagnostics,
-) {
-    for (k, v) in vars {
-        match apply_conn(entry, &k.name, &v.to_json()) {
-            Ok(true) => entry.explicit.push(canonical(&k.name).to_owned()),
-            Ok(false) => {
-                entry.vars.insert(k.name.clone(), v.to_json());
-            }
-            Err(what) => errs.push(Diagnostic::at(src, v.pos, format!("`{}` must be {what}", k.name))),
-        }
-    }
-}
-
-/// Connection keys in group vars apply to the group's hosts (as in Ansible),
-/// unless a host sets the key itself. Checked here, with positions.
-fn check_group_conn_vars(src: &Arc<Source>, vars: &[(Key, Yaml)], errs: &mut Diagnostics) {
-    let mut scratch = HostEntry::default();
-    for (k, v) in vars {
-        if let Err(what) = apply_conn(&mut scratch, &k.name, &v.to_json()) {
-            errs.push(Diagnostic::at(src, v.pos, format!("`{}` must be {what}", k.name)));
-        }
-    }
-}
-
-/// [`check_group_conn_vars`] for group vars that came as JSON (dynamic inventories).
-fn check_group_conn_vars_json(path: &Path, group: &str, vars: &Map<String, Value>, errs: &mut Diagnostics) {
-    let mut scratch = HostEntry::default();
-    for (k, v) in vars {
-        if let Err(what) = apply_conn(&mut scratch, k, v) {
-            errs.push(Diagnostic::in_file(
-                path,
-                format!("group `{group}`: `{k}` must be {what}"),
-            ));
-        }
-    }
-}
-
-/// A connection key without its Ansible alias.
-fn canonical(key: &str) -> &str {
-    match key {
-        "ansible_host" => "address",
-        "ansible_port" => "port",
-        "ansible_user" => "user",
-        "ansible_ssh_private_key_file" => "identity_file",
-        "ansible_connection" => "connection",
-        "ansible_become" => "become",
-        "ansible_become_user" => "become_user",
-        other => other,
-    }
-}
-
-fn json_text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-/// Apply a connection key; `Ok(false)` when `key` is an ordinary variable,
-/// `Err(expected)` when its value is of the wrong kind.
-fn apply_conn(entry: &mut HostEntry, key: &str, v: &Value) -> Result<bool, &'static str> {
-    let text = json_text(v);
-    match key {
-        "address" | "ansible_host" => entry.address = text,
-        "port" | "ansible_port" => match text.as_deref().map(str::parse::<u16>) {
-            Some(Ok(p)) => entry.conn.port = Some(p),
-            _ => return Err("a port number"),
-        },
-        "user" | "ansible_user" => entry.conn.user = text,
-        "identity_file" | "ansible_ssh_private_key_file" => {
-            entry.conn.identity_file = text.map(|t| crate::paths::expand_home(&t));
-        }
-        "known_hosts_file" => entry.conn.known_hosts_file = text.map(|t| crate::paths::expand_home(&t)),
-        "ssh_config_file" => entry.conn.ssh_config_file = text.map(|t| crate::paths::expand_home(&t)),
-        "host_key_policy" => match text.as_deref() {
-            Some("strict") => entry.conn.host_key_policy = HostKeyPolicy::Strict,
-            Some("accept-new") => entry.conn.host_key_policy = HostKeyPolicy::AcceptNew,
-            _ => return Err("`strict` or `accept-new`"),
-        },
-        "ssh_args" => match v {
-            Value::Array(items) => entry.conn.ssh_args = items.iter().filter_map(json_text).collect(),
-            Value::String(s) => entry.conn.ssh_args = s.split_whitespace().map(str::to_owned).collect(),
-            _ => return Err("a list of ssh arguments"),
-        },
-        "become" | "ansible_become" => match v {
-            Value::Bool(b) => entry.conn.become_ = *b,
-            _ => return Err("a boolean"),
-        },
-        "become_user" | "ansible_become_user" => entry.conn.become_user = text,
-        "connection" | "ansible_connection" => match text.as_deref() {
-            Some("ssh") => entry.conn.connection = Connection::Ssh,
-            Some("local") => entry.conn.connection = Connection::Local,
-            _ => return Err("`ssh` or `local`"),
-        },
-        _ => return Ok(false),
-    }
-    Ok(true)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::HostKeyPolicy;
 
-    fn inv(text: &str) -> Inventory {
+    pub(super) fn inv(text: &str) -> Inventory {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("hosts.yml");
         std::fs::write(&p, text).unwrap();
         Inventory::load(&p).unwrap()
     }
 
-    const INV: &str = "all:\n  vars: { a: 1, b: all }\n  children:\n    runners:\n      vars: { b: runners, c: r }\n      hosts:\n        r1: { address: 127.0.0.2, port: 2222, b: host }\n        r2:\n    monitoring:\n      hosts:\n        m1: { ansible_host: 127.0.0.9 }\n";
+    pub(super) const INV: &str = "all:\n  vars: { a: 1, b: all }\n  children:\n    runners:\n      vars: { b: runners, c: r }\n      hosts:\n        r1: { address: 127.0.0.2, port: 2222, b: host }\n        r2:\n    monitoring:\n      hosts:\n        m1: { ansible_host: 127.0.0.9 }\n";
 
     #[test]
     fn precedence_and_aliases() {
@@ -601,17 +394,5 @@ mod tests {
         assert_eq!((a.conn.user.as_deref(), a.conn.port), (Some("deploy"), Some(2200)));
         assert_eq!(a.conn.host_key_policy, HostKeyPolicy::AcceptNew);
         assert_eq!((b.conn.user.as_deref(), b.conn.port), (Some("root"), Some(22)));
-    }
-
-    #[test]
-    fn patterns() {
-        let i = inv(INV);
-        assert_eq!(i.resolve("all").unwrap(), ["r1", "r2", "m1"]);
-        assert_eq!(i.resolve("runners").unwrap(), ["r1", "r2"]);
-        assert_eq!(i.resolve("all:!runners").unwrap(), ["m1"]);
-        assert_eq!(i.resolve("runners:&r*1").unwrap(), ["r1"]);
-        assert_eq!(i.resolve("m1,r2").unwrap(), ["r2", "m1"]);
-        assert_eq!(i.resolve("localhost").unwrap(), ["localhost"]);
-        assert!(i.resolve("runers").unwrap_err().contains("did you mean `runners`"));
     }
 }

@@ -19,6 +19,7 @@ pub mod registry;
 pub mod report;
 pub mod schema;
 pub mod secrets;
+pub mod status;
 pub mod step;
 pub mod template;
 pub mod template_files;

@@ -56,78 +56,10 @@ pub fn plan(
         ),
         None => None,
     };
-    let templates = Templates::new();
-    let globals = global_vars(&workflow, extra_vars);
-    let mut nodes = Vec::new();
-    let mut by_step: Vec<Vec<usize>> = Vec::with_capacity(workflow.steps.len());
-    for (si, step) in workflow.steps.iter().enumerate() {
-        let pattern = templates
-            .render_text(&format!("step `{}` hosts", step.id), &step.hosts, &globals)
-            .map_err(|e| Diagnostic::in_file(&step.file, e.to_string()))?;
-        let names = inventory
-            .resolve(&pattern)
-            .map_err(|e| Diagnostic::in_file(&step.file, format!("step `{}`: {e}", step.id)))?;
-        let mut mine = Vec::new();
-        for name in names {
-            if limit_set.as_ref().is_some_and(|l| !l.contains(&name)) {
-                continue;
-            }
-            let host = hosts
-                .get(&name)
-                .cloned()
-                .ok_or_else(|| Diagnostic::new(format!("no host `{name}`")))?;
-            mine.push(nodes.len());
-            nodes.push(PlanNode { step: si, host });
-        }
-        by_step.push(mine);
-    }
-    let mut deps = vec![Vec::new(); nodes.len()];
-    for (ni, node) in nodes.iter().enumerate() {
-        for need in &workflow.steps[node.step].needs {
-            let Some(si) = workflow.step_index(need) else { continue };
-            let same_host: Vec<usize> = by_step[si]
-                .iter()
-                .copied()
-                .filter(|&d| nodes[d].host.name == node.host.name)
-                .collect();
-            deps[ni].extend(if same_host.is_empty() {
-                by_step[si].clone()
-            } else {
-                same_host
-            });
-        }
-    }
-    let mut dependents = vec![Vec::new(); nodes.len()];
-    for (ni, ds) in deps.iter().enumerate() {
-        for &d in ds {
-            dependents[d].push(ni);
-        }
-    }
-    // Longest-path layering (Kahn's algorithm); the loader already rejected cycles.
-    let mut phase_of = vec![0usize; nodes.len()];
-    let mut remaining: Vec<usize> = deps.iter().map(Vec::len).collect();
-    let mut queue: VecDeque<usize> = (0..nodes.len()).filter(|&n| remaining[n] == 0).collect();
-    let mut seen = 0;
-    while let Some(n) = queue.pop_front() {
-        seen += 1;
-        for &d in &dependents[n] {
-            phase_of[d] = phase_of[d].max(phase_of[n] + 1);
-            remaining[d] -= 1;
-            if remaining[d] == 0 {
-                queue.push_back(d);
-            }
-        }
-    }
-    if seen != nodes.len() {
-        return Err(Diagnostic::new(
-            "internal error: the step graph has a cycle the loader did not report",
-        ));
-    }
-    let depth = phase_of.iter().copied().max().map_or(0, |m| m + 1);
-    let mut phases = vec![Vec::new(); depth];
-    for (n, p) in phase_of.iter().enumerate() {
-        phases[*p].push(n);
-    }
+    let (nodes, by_step) = expand_nodes(&workflow, inventory, &hosts, extra_vars, limit_set.as_deref())?;
+    let deps = link_needs(&workflow, &nodes, &by_step);
+    let dependents = dependents_of(&deps);
+    let phases = layer_phases(&deps, &dependents)?;
     let mut active_hosts: Vec<Arc<Host>> = Vec::new();
     for h in hosts.hosts.values() {
         if nodes.iter().any(|n| Arc::ptr_eq(&n.host, h)) {
@@ -148,6 +80,105 @@ pub fn plan(
         phases,
         active_hosts,
     })
+}
+
+/// One node per step and host its pattern selects (within `--limit`), and
+/// each step's nodes.
+fn expand_nodes(
+    workflow: &Workflow,
+    inventory: &Inventory,
+    hosts: &HostTable,
+    extra_vars: &Map<String, Value>,
+    limit: Option<&[String]>,
+) -> Result<(Vec<PlanNode>, Vec<Vec<usize>>), Diagnostic> {
+    let templates = Templates::new();
+    let globals = global_vars(workflow, extra_vars);
+    let mut nodes = Vec::new();
+    let mut by_step: Vec<Vec<usize>> = Vec::with_capacity(workflow.steps.len());
+    for (si, step) in workflow.steps.iter().enumerate() {
+        let pattern = templates
+            .render_text(&format!("step `{}` hosts", step.id), &step.hosts, &globals)
+            .map_err(|e| Diagnostic::in_file(&step.file, e.to_string()))?;
+        let names = inventory
+            .resolve(&pattern)
+            .map_err(|e| Diagnostic::in_file(&step.file, format!("step `{}`: {e}", step.id)))?;
+        let mut mine = Vec::new();
+        for name in names {
+            if limit.is_some_and(|l| !l.contains(&name)) {
+                continue;
+            }
+            let host = hosts
+                .get(&name)
+                .cloned()
+                .ok_or_else(|| Diagnostic::new(format!("no host `{name}`")))?;
+            mine.push(nodes.len());
+            nodes.push(PlanNode { step: si, host });
+        }
+        by_step.push(mine);
+    }
+    Ok((nodes, by_step))
+}
+
+/// Each node's needs: the needed step's node on the same host, or all of
+/// that step's nodes when it has none there.
+fn link_needs(workflow: &Workflow, nodes: &[PlanNode], by_step: &[Vec<usize>]) -> Vec<Vec<usize>> {
+    let mut deps = vec![Vec::new(); nodes.len()];
+    for (ni, node) in nodes.iter().enumerate() {
+        for need in &workflow.steps[node.step].needs {
+            let Some(si) = workflow.step_index(need) else { continue };
+            let same_host: Vec<usize> = by_step[si]
+                .iter()
+                .copied()
+                .filter(|&d| nodes[d].host.name == node.host.name)
+                .collect();
+            deps[ni].extend(if same_host.is_empty() {
+                by_step[si].clone()
+            } else {
+                same_host
+            });
+        }
+    }
+    deps
+}
+
+/// The reverse edges of `deps`.
+fn dependents_of(deps: &[Vec<usize>]) -> Vec<Vec<usize>> {
+    let mut dependents = vec![Vec::new(); deps.len()];
+    for (ni, ds) in deps.iter().enumerate() {
+        for &d in ds {
+            dependents[d].push(ni);
+        }
+    }
+    dependents
+}
+
+/// Longest-path layering (Kahn's algorithm); the loader already rejected cycles.
+fn layer_phases(deps: &[Vec<usize>], dependents: &[Vec<usize>]) -> Result<Vec<Vec<usize>>, Diagnostic> {
+    let mut phase_of = vec![0usize; deps.len()];
+    let mut remaining: Vec<usize> = deps.iter().map(Vec::len).collect();
+    let mut queue: VecDeque<usize> = (0..deps.len()).filter(|&n| remaining[n] == 0).collect();
+    let mut seen = 0;
+    while let Some(n) = queue.pop_front() {
+        seen += 1;
+        for &d in &dependents[n] {
+            phase_of[d] = phase_of[d].max(phase_of[n] + 1);
+            remaining[d] -= 1;
+            if remaining[d] == 0 {
+                queue.push_back(d);
+            }
+        }
+    }
+    if seen != deps.len() {
+        return Err(Diagnostic::new(
+            "internal error: the step graph has a cycle the loader did not report",
+        ));
+    }
+    let depth = phase_of.iter().copied().max().map_or(0, |m| m + 1);
+    let mut phases = vec![Vec::new(); depth];
+    for (n, p) in phase_of.iter().enumerate() {
+        phases[*p].push(n);
+    }
+    Ok(phases)
 }
 
 impl Plan {

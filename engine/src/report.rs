@@ -10,55 +10,7 @@ use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::time::Duration;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Ok,
-    Changed,
-    Failed,
-    Skipped,
-    Unreachable,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::Changed => "changed",
-            Self::Failed => "failed",
-            Self::Skipped => "skipped",
-            Self::Unreachable => "unreachable",
-        }
-    }
-
-    /// Parse a stored status word (the journal keeps [`Status::as_str`]).
-    pub fn parse(word: &str) -> Option<Self> {
-        Some(match word {
-            "ok" => Self::Ok,
-            "changed" => Self::Changed,
-            "failed" => Self::Failed,
-            "skipped" => Self::Skipped,
-            "unreachable" => Self::Unreachable,
-            _ => return None,
-        })
-    }
-
-    /// Whether the instance did not succeed (dependents on that host do not run).
-    pub fn is_failure(self) -> bool {
-        matches!(self, Self::Failed | Self::Unreachable)
-    }
-
-    /// Which status a group of instances (a `for_each` node) reports: the worst.
-    pub fn severity(self) -> u8 {
-        match self {
-            Self::Skipped => 1,
-            Self::Ok => 2,
-            Self::Changed => 3,
-            Self::Failed => 4,
-            Self::Unreachable => 5,
-        }
-    }
-}
+pub use crate::status::{RunStatus, Status};
 
 /// The result of one step instance (or handler run).
 #[derive(Debug, Clone)]
@@ -151,11 +103,12 @@ impl RunReport {
         t
     }
 
-    pub fn status_word(&self) -> &'static str {
+    /// How the run ended, as the journal records it.
+    pub fn run_status(&self) -> RunStatus {
         match self.outcome {
-            Outcome::Success => "success",
-            Outcome::Failed => "failed",
-            Outcome::Interrupted(_) => "interrupted",
+            Outcome::Success => RunStatus::Success,
+            Outcome::Failed => RunStatus::Failed,
+            Outcome::Interrupted(_) => RunStatus::Interrupted,
         }
     }
 
@@ -194,7 +147,7 @@ impl RunReport {
         let mut doc = json!({
             "run_id": self.run_id,
             "workflow": self.workflow,
-            "status": self.status_word(),
+            "status": self.run_status().as_str(),
             "check_mode": self.check_mode,
             "duration_ms": u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX),
             "totals": t,

@@ -2,7 +2,9 @@
 //! against a real PostgreSQL server): records, history, locks, the key
 //! check, schema versions, copy, prune and stats.
 
-use flowrun_engine::journal::{Journal, JournalError, Location, Record, RecordKey, RunRow, RunStep};
+use flowrun_engine::journal::{
+    Journal, JournalError, Location, Record, RecordKey, RunMode, RunRow, RunStatus, RunStep, Status,
+};
 use flowrun_engine::secrets::SecretKey;
 use flowrun_lab::postgres::{PgServer, PASSWORD};
 use std::time::Duration;
@@ -86,7 +88,7 @@ fn key(step: &str) -> RecordKey {
 fn record(run: &str, enc: Option<Vec<u8>>) -> Record {
     Record {
         fingerprint: format!("fp-{run}"),
-        status: "changed".into(),
+        status: Status::Changed,
         outputs: enc.is_none().then(|| "{\"x\":1}".into()),
         outputs_enc: enc,
         run_id: run.into(),
@@ -100,10 +102,10 @@ fn run_row(id: &str, started_at: i64) -> RunRow {
         inventory: "inv".into(),
         started_at,
         finished_at: None,
-        status: "running".into(),
+        status: RunStatus::Running,
         host: "controller-1".into(),
         pid: 42,
-        mode: "run".into(),
+        mode: RunMode::Run,
         totals: None,
     }
 }
@@ -113,7 +115,7 @@ fn step(id: &str) -> RunStep {
         step_id: id.into(),
         host: "localhost".into(),
         item: String::new(),
-        status: "changed".into(),
+        status: Status::Changed,
         from_journal: false,
         duration_ms: 7,
         message: Some("done".into()),
@@ -128,11 +130,11 @@ fn fill(j: &Journal) {
     j.step("r1", 1, step("b"));
     j.put("wf", key("a"), record("r1", None));
     j.put("wf", key("b"), record("r1", Some(vec![1, 2, 3, 255])));
-    j.finish_run("r1", "success", &serde_json::json!({"changed": 2}));
+    j.finish_run("r1", RunStatus::Success, &serde_json::json!({"changed": 2}));
     j.begin_run(run_row("r2", 2_000));
     j.step("r2", 0, step("b"));
     j.put("wf", key("b"), record("r2", Some(vec![9, 9])));
-    j.finish_run("r2", "success", &serde_json::json!({"changed": 1}));
+    j.finish_run("r2", RunStatus::Success, &serde_json::json!({"changed": 1}));
     j.flush().unwrap();
 }
 
@@ -150,7 +152,7 @@ fn records_history_and_handlers_roundtrip(b: Backend) {
     assert_eq!(h[0].host, "controller-1");
     assert!(h[0].finished_at.is_some());
     let (run, steps) = j.show("r1").unwrap().unwrap();
-    assert_eq!(run.status, "success");
+    assert_eq!(run.status, RunStatus::Success);
     assert_eq!(steps.len(), 2);
     assert_eq!(steps[1].message.as_deref(), Some("done"));
     j.notify("wf", "localhost", "restart");
@@ -253,7 +255,7 @@ fn prune_keeps_the_last_success_of_each_instance(b: Backend) {
     fill(&j);
     j.begin_run(run_row("r0", 500));
     j.step("r0", 0, step("old"));
-    j.finish_run("r0", "failed", &serde_json::json!({}));
+    j.finish_run("r0", RunStatus::Failed, &serde_json::json!({}));
     // Still running: never pruned.
     j.begin_run(run_row("r-live", 10));
     j.flush().unwrap();
@@ -339,4 +341,23 @@ fn sqlite_a_version_1_journal_is_migrated_in_place() {
     assert_eq!(j.migrate().unwrap(), (1, 3));
     assert_eq!(j.load("wf").unwrap()[&key("a")].fingerprint, "fp");
     assert_eq!(j.history(None, 5).unwrap()[0].host, "", "old runs name no controller");
+}
+
+/// Statuses are typed: a word the journal does not know (written by
+/// something else) is an error naming it, not a status guessed.
+#[test]
+fn sqlite_an_unknown_status_word_is_an_error_not_a_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("j.db");
+    let j = Journal::open(&p).unwrap();
+    fill(&j);
+    assert_eq!(j.show("r1").unwrap().unwrap().1[0].status, Status::Changed);
+    drop(j);
+    let c = rusqlite::Connection::open(&p).unwrap();
+    c.execute("UPDATE runs SET status = 'done' WHERE id = 'r2'", [])
+        .unwrap();
+    drop(c);
+    let j = Journal::open(&p).unwrap();
+    let e = j.history(None, 5).unwrap_err().to_string();
+    assert!(e.contains("unknown run status `done`"), "{e}");
 }

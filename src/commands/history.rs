@@ -2,24 +2,35 @@
 //! (records removed so those steps run again). Journal upkeep
 //! (`flowrun journal ...`) is `commands/journal.rs`.
 
-use crate::cli::JournalArgs;
+use crate::cli::{JournalArgs, OutputFormat};
 use crate::error::Error;
 use crate::exit::ExitStatus;
 use crate::journal::open as open_journal;
 
-pub fn history(journal: &JournalArgs, workflow: Option<&str>, limit: usize) -> Result<ExitStatus, Error> {
+pub fn history(
+    journal: &JournalArgs,
+    workflow: Option<&str>,
+    limit: usize,
+    output: OutputFormat,
+) -> Result<ExitStatus, Error> {
     let (j, _) = open_journal(journal)?;
     let rows = j.history(workflow, limit)?;
-    print!("{}", crate::output::history::runs(&rows));
+    match output {
+        OutputFormat::Text => print!("{}", crate::output::history::runs(&rows)),
+        OutputFormat::Json => println!("{}", crate::output::history::runs_json(&rows)),
+    }
     Ok(ExitStatus::Success)
 }
 
-pub fn show(journal: &JournalArgs, run_id: &str) -> Result<ExitStatus, Error> {
+pub fn show(journal: &JournalArgs, run_id: &str, output: OutputFormat) -> Result<ExitStatus, Error> {
     let (j, _) = open_journal(journal)?;
     let Some((run, steps)) = j.show(run_id)? else {
         return Err(Error::invalid(format!("no run `{run_id}` in the journal")));
     };
-    print!("{}", crate::output::history::run(&run, &steps));
+    match output {
+        OutputFormat::Text => print!("{}", crate::output::history::run(&run, &steps)),
+        OutputFormat::Json => println!("{}", crate::output::history::run_json(&run, &steps)),
+    }
     Ok(ExitStatus::Success)
 }
 

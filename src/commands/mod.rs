@@ -19,13 +19,13 @@ use crate::exit::ExitStatus;
 pub fn dispatch(cli: Cli) -> Result<ExitStatus, Error> {
     match cli.command {
         Command::Run(args) => run::run(&args, cli.quiet),
-        Command::Plan(args) => plan::plan(&args.workflow, &args.common),
+        Command::Plan(args) => plan::plan(&args.workflow, &args.common, args.output),
         Command::Validate(args) => validate::validate(&args.workflows, &args.common),
         Command::Graph(args) => graph::graph(&args.workflow, args.format, &args.common),
         Command::List(args) => list::list(args.names),
         Command::Steps(args) => steps::steps(args.name.as_deref()),
-        Command::History(args) => history::history(&args.journal, args.workflow.as_deref(), args.limit),
-        Command::Show(args) => history::show(&args.journal, &args.run_id),
+        Command::History(args) => history::history(&args.journal, args.workflow.as_deref(), args.limit, args.output),
+        Command::Show(args) => history::show(&args.journal, &args.run_id, args.output),
         Command::Forget(args) => history::forget(
             &args.journal,
             args.workflow.as_deref(),

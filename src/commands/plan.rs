@@ -4,7 +4,7 @@
 //! and whose kind previews safely (`k8s_apply`), their check's diff. A
 //! preview that fails makes the exit status 1: the run would fail too.
 
-use crate::cli::Common;
+use crate::cli::{Common, OutputFormat};
 use crate::error::Error;
 use crate::exit::ExitStatus;
 use crate::load::{registry, Loaded};
@@ -13,7 +13,7 @@ use flowrun_engine::journal::Location;
 use flowrun_engine::secrets::{Masker, SecretKey};
 use std::collections::HashMap;
 
-pub fn plan(arg: &str, common: &Common) -> Result<ExitStatus, Error> {
+pub fn plan(arg: &str, common: &Common, output: OutputFormat) -> Result<ExitStatus, Error> {
     let registry = registry();
     let loaded = Loaded::load(arg, common, &registry)?;
     let plan = loaded.plan(common.limit.as_deref())?;
@@ -35,10 +35,7 @@ pub fn plan(arg: &str, common: &Common) -> Result<ExitStatus, Error> {
             let (journal, key) = crate::journal::open_at(&location, common.journal.journal_key.as_deref())?;
             let records = journal.load(&loaded.workflow.name)?;
             let (nodes, candidates) = exec::predict_with_previews(&plan, &records, &opts, sv, &key, &masker);
-            (
-                Some(nodes.into_iter().map(|n| n.summary).collect::<Vec<_>>()),
-                candidates,
-            )
+            (Some(nodes), candidates)
         }
         // No journal yet: everything would run; previews still show what.
         (Some(sv), false) => {
@@ -48,19 +45,33 @@ pub fn plan(arg: &str, common: &Common) -> Result<ExitStatus, Error> {
         }
         _ => (None, Vec::new()),
     };
-    let mut text = crate::output::plan::text(&plan, prediction.as_deref());
-    let mut status = ExitStatus::Success;
-    if !candidates.is_empty() {
-        let previews =
-            crate::load::runtime()?.block_on(exec::run_previews(candidates, plan.hosts.clone(), masker.clone()));
-        if previews
-            .iter()
-            .any(|p| matches!(p.outcome, exec::PreviewOutcome::Failed(_)))
-        {
-            status = ExitStatus::Failed;
+    let previews = if candidates.is_empty() {
+        Vec::new()
+    } else {
+        crate::load::runtime()?.block_on(exec::run_previews(candidates, plan.hosts.clone(), masker.clone()))
+    };
+    let status = if previews
+        .iter()
+        .any(|p| matches!(p.outcome, exec::PreviewOutcome::Failed(_)))
+    {
+        ExitStatus::Failed
+    } else {
+        ExitStatus::Success
+    };
+    let text = match output {
+        OutputFormat::Json => format!(
+            "{}\n",
+            crate::output::plan::json(&plan, prediction.as_deref(), &previews)
+        ),
+        OutputFormat::Text => {
+            let summaries: Option<Vec<_>> = prediction.map(|p| p.iter().map(|n| n.summary).collect());
+            let mut text = crate::output::plan::text(&plan, summaries.as_deref());
+            if !previews.is_empty() {
+                text.push_str(&crate::output::plan::previews(&previews));
+            }
+            text
         }
-        text.push_str(&crate::output::plan::previews(&previews));
-    }
+    };
     print!("{}", masker.mask(&text));
     Ok(status)
 }

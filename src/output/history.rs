@@ -1,8 +1,10 @@
-//! `flowrun history` (one line per run) and `flowrun show` (one run, step by step).
+//! `flowrun history` (one line per run) and `flowrun show` (one run, step
+//! by step), as text or as JSON (`--output json`, the shape of a run's own
+//! `--output json` where the journal keeps the same facts).
 
 use flowrun_engine::clock::utc_text;
 use flowrun_engine::journal::{RunRow, RunStep};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::fmt::Write as _;
 
 pub fn runs(rows: &[RunRow]) -> String {
@@ -116,4 +118,51 @@ fn recovered(run: &RunRow) -> String {
         );
     }
     out
+}
+
+/// A run as JSON: `{"run_id", "workflow", "inventory", "status", "mode", "controller", "pid", "started_at", "finished_at", "totals"}`.
+fn run_value(r: &RunRow) -> Value {
+    json!({
+        "run_id": r.id,
+        "workflow": r.workflow,
+        "inventory": r.inventory,
+        "status": r.status.as_str(),
+        "mode": r.mode.as_str(),
+        "controller": r.host,
+        "pid": r.pid,
+        "started_at": r.started_at,
+        "finished_at": r.finished_at,
+        "totals": r.totals.as_deref().and_then(|t| serde_json::from_str::<Value>(t).ok()),
+    })
+}
+
+/// `flowrun history --output json`: the runs, newest first.
+pub fn runs_json(rows: &[RunRow]) -> Value {
+    json!({ "runs": rows.iter().map(run_value).collect::<Vec<_>>() })
+}
+
+/// `flowrun show --output json`: the run and each instance's result in order.
+pub fn run_json(run: &RunRow, steps: &[RunStep]) -> Value {
+    let mut doc = run_value(run);
+    let steps: Vec<Value> = steps
+        .iter()
+        .map(|s| {
+            let (handler, id) = match s.step_id.strip_prefix("handler:") {
+                Some(id) => (true, id),
+                None => (false, s.step_id.as_str()),
+            };
+            json!({
+                "id": id,
+                "host": s.host,
+                "item": (!s.item.is_empty()).then_some(s.item.as_str()),
+                "status": s.status.as_str(),
+                "from_journal": s.from_journal,
+                "duration_ms": s.duration_ms,
+                "message": s.message,
+                "handler": handler,
+            })
+        })
+        .collect();
+    doc["steps"] = Value::Array(steps);
+    doc
 }

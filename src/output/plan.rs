@@ -1,8 +1,10 @@
 //! `flowrun plan`: phases, each step with its hosts and, when known, what
-//! the journal would do with each of them.
+//! the journal would do with each of them; as text, or as JSON with every
+//! node and instance (`--output json`, for scripts and CI).
 
-use flowrun_engine::exec::{Prediction, Preview, PreviewOutcome};
+use flowrun_engine::exec::{NodePrediction, Prediction, Preview, PreviewOutcome};
 use flowrun_engine::plan::Plan;
+use serde_json::{json, Value};
 use std::fmt::Write as _;
 
 pub fn text(plan: &Plan, prediction: Option<&[Prediction]>) -> String {
@@ -94,4 +96,77 @@ pub fn previews(previews: &[Preview]) -> String {
         }
     }
     out
+}
+
+/// The word of a node's prediction in JSON.
+fn prediction_word(p: Prediction) -> &'static str {
+    match p {
+        Prediction::Skip => "skip",
+        Prediction::Run => "run",
+        Prediction::WhenFalse => "when_false",
+        Prediction::Items { .. } => "items",
+        Prediction::Unknown => "unknown",
+        Prediction::OnFailure => "on_failure",
+    }
+}
+
+/// `flowrun plan --output json`: `{"workflow", "phases": [[node]], "predicted",
+/// "nodes": [{"node", "step", "kind", "host", "needs": [node], "prediction",
+/// "items": {"skip","total"}, "instances": [{"item","from_journal","when_false"}],
+/// "unless_changed": [step]}], "previews": [...]}`. A node predicted from the
+/// journal with `unless_changed` runs after all if one of its needs changes.
+pub fn json(plan: &Plan, prediction: Option<&[NodePrediction]>, previews: &[Preview]) -> Value {
+    let wf = &plan.workflow;
+    let nodes: Vec<Value> = plan
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            let step = &wf.steps[node.step];
+            let mut v = json!({
+                "node": i,
+                "step": step.id,
+                "kind": step.kind_name(),
+                "host": node.host.name,
+                "needs": plan.deps[i],
+                "prediction": Value::Null,
+            });
+            if let Some(p) = prediction.and_then(|p| p.get(i)) {
+                v["prediction"] = prediction_word(p.summary).into();
+                if let Prediction::Items { skip, total } = p.summary {
+                    v["items"] = json!({ "skip": skip, "total": total });
+                }
+                let instances: Vec<Value> = p
+                    .instances
+                    .iter()
+                    .map(|x| json!({ "item": x.item, "from_journal": x.from_journal, "when_false": x.when_false }))
+                    .collect();
+                v["instances"] = Value::Array(instances);
+                v["unless_changed"] = json!(p.unless_changed);
+            }
+            v
+        })
+        .collect();
+    let previews: Vec<Value> = previews
+        .iter()
+        .map(|p| {
+            let (outcome, summary, diff, error) = match &p.outcome {
+                PreviewOutcome::InSync => ("in_sync", None, None, None),
+                PreviewOutcome::Change { summary, diff } => ("change", Some(summary), diff.as_ref(), None),
+                PreviewOutcome::Failed(e) => ("failed", None, None, Some(e)),
+            };
+            json!({
+                "step": p.step, "host": p.host, "item": p.item, "outcome": outcome,
+                "summary": summary, "diff": diff, "error": error,
+            })
+        })
+        .collect();
+    json!({
+        "workflow": wf.name,
+        "phases": plan.phases,
+        "predicted": prediction.is_some(),
+        "nodes": nodes,
+        "handlers": wf.handlers.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(),
+        "previews": previews,
+    })
 }

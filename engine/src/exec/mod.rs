@@ -88,16 +88,17 @@ impl Default for RunOptions {
 }
 
 impl RunOptions {
-    /// The word the journal records for this run's mode.
-    pub fn mode_word(&self) -> &'static str {
+    /// This run's mode, as the journal records it.
+    pub fn mode(&self) -> crate::status::RunMode {
+        use crate::status::RunMode;
         if self.check {
-            "check"
+            RunMode::Check
         } else if self.verify {
-            "verify"
+            RunMode::Verify
         } else if self.force {
-            "force"
+            RunMode::Force
         } else {
-            "run"
+            RunMode::Run
         }
     }
 }

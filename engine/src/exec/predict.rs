@@ -209,6 +209,11 @@ impl Walk<'_> {
         let step = &self.plan.workflow.steps[plan_node.step];
         let host = &plan_node.host;
         let vars = self.vars(plan_node.step, host);
+        // A `when` that reads a step whose outputs only running gives is decided then.
+        let when_reads_hidden = step
+            .when
+            .as_deref()
+            .is_some_and(|when| self.hidden(plan_node.step, &host.name).any(|id| mentions(when, id)));
         let items: Option<Vec<Item>> = match &step.for_each {
             None => None,
             Some(spec) => Some(items::expand(self.pipeline.templates, self.pipeline.masker, step, spec, &vars).ok()?),
@@ -222,6 +227,7 @@ impl Walk<'_> {
             };
             let label = item.map(|i| i.label.clone());
             match instance.prepare(&self.pipeline, vars.clone()).ok()? {
+                Prepared::WhenFalse if when_reads_hidden => None,
                 Prepared::WhenFalse => Some((predicted(label, false, true), Status::Skipped, Map::new())),
                 Prepared::Ready(ready) => {
                     if let Some(outputs) = ready.journaled_outputs(false, false) {
@@ -279,19 +285,44 @@ impl Walk<'_> {
         Some((summary, instances, result))
     }
 
-    /// The node's variables, as a run builds them; a step whose results on
-    /// other hosts are not all known is left out rather than shown partly.
+    /// Whether `steps.*` of `host` shows ancestor `a`: a step whose results
+    /// on other hosts are not all known is left out rather than shown partly.
+    fn visible(&self, a: usize, host: &str) -> bool {
+        self.results.has(a, host) || !self.incomplete.contains(&a)
+    }
+
+    /// The ids of the ancestors of `step` that [`Self::vars`] leaves out.
+    fn hidden<'s>(&'s self, step: usize, host: &'s str) -> impl Iterator<Item = &'s str> + 's {
+        let workflow = &self.plan.workflow;
+        workflow.ancestors[step]
+            .iter()
+            .copied()
+            .filter(move |&a| !self.visible(a, host))
+            .map(move |a| workflow.steps[a].id.as_str())
+    }
+
+    /// The node's variables, as a run builds them (see [`Self::visible`]).
     fn vars(&self, step: usize, host: &crate::host::Host) -> Value {
         let workflow = &self.plan.workflow;
         let base = base_vars(&workflow.vars, host, &self.opts.extra_vars, self.secrets);
         let visible = workflow.ancestors[step]
             .iter()
             .copied()
-            .filter(|&a| self.results.has(a, &host.name) || !self.incomplete.contains(&a))
+            .filter(|&a| self.visible(a, &host.name))
             .map(|a| (a, workflow.steps[a].id.as_str()));
         let steps = self.results.scope(visible, &host.name, &self.plan.hosts);
         instance_vars(Some(&base), Some(host), steps)
     }
+}
+
+/// Whether template `text` names step `id` (`steps.ID`, `"ID"`): `id` not
+/// inside a longer id.
+fn mentions(text: &str, id: &str) -> bool {
+    let part_of_id = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    text.match_indices(id).any(|(at, _)| {
+        !text[..at].chars().next_back().is_some_and(part_of_id)
+            && !text[at + id.len()..].chars().next().is_some_and(part_of_id)
+    })
 }
 
 fn predicted(item: Option<String>, from_journal: bool, when_false: bool) -> InstancePrediction {
@@ -299,5 +330,20 @@ fn predicted(item: Option<String>, from_journal: bool, when_false: bool) -> Inst
         item,
         from_journal,
         when_false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mentions;
+
+    #[test]
+    fn a_template_mentions_a_step_by_its_whole_id() {
+        let when = "{{#if steps.select-runner.outputs.runner}}{{eq inventory_hostname steps.select-runner.outputs.runner}}{{/if}}";
+        assert!(mentions(when, "select-runner"));
+        assert!(!mentions(when, "select"));
+        assert!(!mentions(when, "elect-runner"));
+        assert!(mentions("{{lookup steps \"probe\"}}", "probe"));
+        assert!(!mentions("{{steps.probe2.outputs.x}}", "probe"));
     }
 }

@@ -62,7 +62,7 @@ impl RunContext {
                         },
                         host: r.host.clone(),
                         item: r.item.clone().unwrap_or_default(),
-                        status: r.status.as_str().into(),
+                        status: r.status,
                         from_journal: r.from_journal,
                         duration_ms: u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX),
                         message: r.message.clone(),
@@ -98,7 +98,7 @@ impl RunContext {
             key,
             Record {
                 fingerprint,
-                status: status.as_str().into(),
+                status,
                 outputs: plain,
                 outputs_enc: encrypted,
                 run_id: self.run_id.clone(),

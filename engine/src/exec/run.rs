@@ -44,10 +44,10 @@ pub async fn run(plan: Arc<Plan>, opts: RunOptions, mut env: RunEnv) -> Result<R
             inventory: inventory.clone(),
             started_at: crate::clock::unix_now(),
             finished_at: None,
-            status: "running".into(),
+            status: crate::status::RunStatus::Running,
             host: crate::journal::this_host(),
             pid: i64::from(std::process::id()),
-            mode: opts.mode_word().into(),
+            mode: opts.mode(),
             totals: None,
         });
         env.interrupt = stop_on_journal_failure(env.interrupt.clone(), j.failures());
@@ -67,7 +67,7 @@ pub async fn run(plan: Arc<Plan>, opts: RunOptions, mut env: RunEnv) -> Result<R
         if !report.recovered.is_empty() {
             totals["recovered"] = serde_json::to_value(&report.recovered).unwrap_or(Value::Null);
         }
-        j.finish_run(&run_id, report.status_word(), &totals);
+        j.finish_run(&run_id, report.run_status(), &totals);
         j.unlock(&workflow, &inventory, &run_id);
         j.flush()?;
     }

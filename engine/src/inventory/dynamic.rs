@@ -6,7 +6,8 @@
 //! stdin, bounded by a timeout; one that fails, hangs or prints something
 //! else than that JSON is invalid input, reported with its stderr.
 
-use super::{apply_conn, canonical, check_group_conn_vars_json, Group, HostEntry, Inventory};
+use super::conn::{apply_conn, canonical, check_group_conn_vars_json};
+use super::{Group, HostEntry, Inventory};
 use crate::diag::{Diagnostic, Diagnostics};
 use serde_json::{Map, Value};
 use std::io::Read as _;

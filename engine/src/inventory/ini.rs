@@ -2,7 +2,8 @@
 //! lines, `[group:vars]` and `[group:children]`, into the same model as the
 //! YAML structure.
 
-use super::{apply_host_vars, Group, HostEntry, Inventory};
+use super::conn::apply_host_vars;
+use super::{Group, HostEntry, Inventory};
 use crate::diag::{suggest, Diagnostic, Diagnostics, Source};
 use crate::yaml::{Key, YValue, Yaml};
 use serde_json::Value;

@@ -17,7 +17,7 @@ pub(crate) enum Write {
     BeginRun(RunRow),
     FinishRun {
         id: String,
-        status: String,
+        status: crate::status::RunStatus,
         totals: String,
     },
     Step {

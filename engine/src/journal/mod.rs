@@ -14,178 +14,35 @@
 //! instances commits a handful). A write that fails is not retried: the
 //! journal reports the failure to the run, which stops.
 
+mod actor;
 mod backend;
+mod error;
 mod location;
 mod migrations;
 mod pgurl;
 mod postgres;
+mod records;
 mod sqlite;
 mod tls;
+mod words;
 
 pub use backend::{Item, Pruned, Stats, WorkflowStats};
+pub use error::JournalError;
 pub use location::Location;
 pub use pgurl::{PgTarget, SslMode};
+pub use records::{InFlight, LockHolder, Record, RecordKey, RunRow, RunStep};
 
 use crate::secrets::SecretKey;
+pub use crate::status::{RunMode, RunStatus, Status};
+use actor::{serve, Cancel, Msg};
 use backend::{Backend, LockClaim, Mark, Write};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
-
-/// Identity of a step instance in the journal.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RecordKey {
-    pub step_id: String,
-    pub item: String,
-    pub host: String,
-}
-
-/// The last successful state of a step instance.
-#[derive(Debug, Clone)]
-pub struct Record {
-    pub fingerprint: String,
-    pub status: String,
-    /// Plaintext outputs (JSON), when they hold no secret.
-    pub outputs: Option<String>,
-    /// Encrypted outputs, when they do.
-    pub outputs_enc: Option<Vec<u8>>,
-    pub run_id: String,
-}
-
-/// An instance whose `apply` started and whose result was never recorded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InFlight {
-    pub key: RecordKey,
-    /// The run that started it.
-    pub run_id: String,
-    pub started_at: i64,
-}
-
-/// A finished step instance, for `history`/`show`.
-#[derive(Debug, Clone)]
-pub struct RunStep {
-    pub step_id: String,
-    pub host: String,
-    pub item: String,
-    pub status: String,
-    pub from_journal: bool,
-    pub duration_ms: u64,
-    pub message: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct RunRow {
-    pub id: String,
-    pub workflow: String,
-    pub inventory: String,
-    pub started_at: i64,
-    pub finished_at: Option<i64>,
-    pub status: String,
-    /// The controller: the machine the run ran on.
-    pub host: String,
-    pub pid: i64,
-    pub mode: String,
-    pub totals: Option<String>,
-}
-
-/// Who holds a lock.
-#[derive(Debug, Clone)]
-pub struct LockHolder {
-    /// The controller's host name.
-    pub host: String,
-    pub pid: i64,
-    pub started_at: i64,
-    pub run_id: String,
-}
-
-impl std::fmt::Display for LockHolder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.run_id.is_empty() {
-            return f.write_str("another controller (it is still starting)");
-        }
-        write!(
-            f,
-            "host {} pid {} run {} since {}",
-            if self.host.is_empty() { "?" } else { &self.host },
-            self.pid,
-            self.run_id,
-            crate::clock::utc_text(self.started_at)
-        )
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum JournalError {
-    #[error("journal `{journal}`: {message}")]
-    Open { journal: String, message: String },
-    /// The journal's address or settings are wrong (a bad URL, a password in argv).
-    #[error("journal: {0}")]
-    Config(String),
-    /// The server refused our credentials.
-    #[error("journal `{journal}`: {message}")]
-    Auth { journal: String, message: String },
-    #[error("journal `{journal}` has schema version {found}, newer than this flowrun knows ({known}): upgrade flowrun on this controller")]
-    NewerSchema { journal: String, found: u32, known: u32 },
-    #[error("journal `{journal}` was written with another key (key id {journal_key}), not with `{key_file}` (key id {our_key}): use the key file of the controllers that share this journal (--journal-key / FLOWRUN_JOURNAL_KEY_FILE); nothing was run")]
-    WrongKey {
-        journal: String,
-        key_file: String,
-        journal_key: String,
-        our_key: String,
-    },
-    #[error("journal `{journal}` was written with key id {journal_key}, and the key file `{key_file}` does not exist: copy it from a controller that shares this journal (--journal-key / FLOWRUN_JOURNAL_KEY_FILE); nothing was run")]
-    MissingKey {
-        journal: String,
-        key_file: String,
-        journal_key: String,
-    },
-    #[error("journal: {0}")]
-    Sql(String),
-    #[error("journal: the journal thread stopped")]
-    Gone,
-}
-
-impl JournalError {
-    /// Whether this is the user's configuration (exit 2) rather than a failure (exit 1).
-    pub fn is_config(&self) -> bool {
-        matches!(
-            self,
-            Self::Config(_)
-                | Self::Auth { .. }
-                | Self::NewerSchema { .. }
-                | Self::WrongKey { .. }
-                | Self::MissingKey { .. }
-        )
-    }
-}
-
-impl From<rusqlite::Error> for JournalError {
-    fn from(e: rusqlite::Error) -> Self {
-        Self::Sql(e.to_string())
-    }
-}
-
-type Reply<T> = mpsc::Sender<Result<T, JournalError>>;
-type Job = Box<dyn FnOnce(&mut dyn Backend) + Send>;
-
-enum Msg {
-    Write(Write),
-    /// A read (or a lock): queued writes are committed first.
-    Ask(Job),
-    Flush(Reply<()>),
-}
-
-/// What a lock wait can be interrupted with.
-#[derive(Default)]
-struct Cancel {
-    flag: AtomicBool,
-    /// Asks the server to cancel a blocking lock wait (PostgreSQL).
-    server: Mutex<Option<Box<dyn Fn() + Send>>>,
-}
 
 /// A handle on the journal thread. Writes are queued; `flush` waits for them.
 pub struct Journal {
@@ -360,10 +217,10 @@ impl Journal {
         self.write(Write::BeginRun(row));
     }
 
-    pub fn finish_run(&self, id: &str, status: &str, totals: &Value) {
+    pub fn finish_run(&self, id: &str, status: RunStatus, totals: &Value) {
         self.write(Write::FinishRun {
             id: id.to_owned(),
-            status: status.to_owned(),
+            status,
             totals: totals.to_string(),
         });
     }
@@ -551,56 +408,6 @@ impl Drop for Journal {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-    }
-}
-
-/// The journal thread: answer reads at once; batch writes into one
-/// transaction per burst of queued messages. After a failed write, every
-/// later flush reports it: the run stops, and what was not committed is
-/// done again by the next run.
-fn serve(b: &mut dyn Backend, rx: &mpsc::Receiver<Msg>, failed: &tokio::sync::watch::Sender<Option<String>>) {
-    let mut error: Option<String> = None;
-    let mut writes: Vec<Write> = Vec::new();
-    let commit = |b: &mut dyn Backend, writes: &mut Vec<Write>, error: &mut Option<String>| {
-        if writes.is_empty() {
-            return;
-        }
-        if error.is_none() {
-            if let Err(e) = b.write(writes) {
-                tracing::error!("{e}");
-                *error = Some(e.to_string());
-                failed.send_replace(Some(e.to_string()));
-            }
-        }
-        writes.clear();
-    };
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        let mut taken = 0;
-        while let Some(m) = next.take() {
-            taken += 1;
-            match m {
-                Msg::Write(w) => writes.push(w),
-                Msg::Ask(job) => {
-                    commit(b, &mut writes, &mut error);
-                    job(b);
-                }
-                Msg::Flush(r) => {
-                    commit(b, &mut writes, &mut error);
-                    let _ = r.send(match &error {
-                        None => Ok(()),
-                        Some(e) => Err(JournalError::Sql(format!(
-                            "{}; steps finished after this were not recorded and run again next time",
-                            e.trim_start_matches("journal: ")
-                        ))),
-                    });
-                }
-            }
-            if taken < 5000 {
-                next = rx.try_recv().ok();
-            }
-        }
-        commit(b, &mut writes, &mut error);
     }
 }
 

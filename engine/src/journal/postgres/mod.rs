@@ -230,10 +230,9 @@ impl Backend for Postgres {
                 &[&wf],
             )
             .map_err(|e| self.err(&e))?;
-        Ok(rows
-            .iter()
+        rows.iter()
             .map(|r| {
-                (
+                Ok((
                     RecordKey {
                         step_id: r.get(0),
                         item: r.get(1),
@@ -241,14 +240,15 @@ impl Backend for Postgres {
                     },
                     Record {
                         fingerprint: r.get(3),
-                        status: r.get(4),
+                        status: r.try_get(4)?,
                         outputs: r.get(5),
                         outputs_enc: r.get(6),
                         run_id: r.get(7),
                     },
-                )
+                ))
             })
-            .collect())
+            .collect::<Result<_, postgres::Error>>()
+            .map_err(|e| self.err(&e))
     }
 
     fn pending_handlers(&mut self, wf: &str) -> Result<Vec<(String, String)>, JournalError> {
@@ -311,7 +311,10 @@ impl Backend for Postgres {
                 &[&wf, &limit],
             )
             .map_err(|e| self.err(&e))?;
-        Ok(rows.iter().map(rows::run_row).collect())
+        rows.iter()
+            .map(rows::run_row)
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(&e))
     }
 
     fn show(&mut self, id: &str) -> Result<Option<(RunRow, Vec<RunStep>)>, JournalError> {
@@ -332,10 +335,12 @@ impl Backend for Postgres {
                 &[&id],
             )
             .map_err(|e| self.err(&e))?;
-        Ok(Some((
-            rows::run_row(&run),
-            steps.iter().map(|r| rows::step_row(r, 0)).collect(),
-        )))
+        let steps = steps
+            .iter()
+            .map(|r| rows::step_row(r, 0))
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(&e))?;
+        Ok(Some((rows::run_row(&run).map_err(|e| self.err(&e))?, steps)))
     }
 
     fn forget(

@@ -14,31 +14,32 @@ use std::sync::mpsc;
 pub(super) const RUN_COLS: &str = "id, workflow, inventory, started_at, finished_at, status, pid, mode, totals, host";
 pub(super) const STEP_COLS: &str = "step_id, host, item, status, from_journal, duration_ms, message";
 
-pub(super) fn run_row(r: &Row) -> RunRow {
-    RunRow {
+/// A run row; a status or mode word it does not know is an error.
+pub(super) fn run_row(r: &Row) -> Result<RunRow, postgres::Error> {
+    Ok(RunRow {
         id: r.get(0),
         workflow: r.get(1),
         inventory: r.get(2),
         started_at: r.get(3),
         finished_at: r.get(4),
-        status: r.get(5),
+        status: r.try_get(5)?,
         pid: r.get(6),
-        mode: r.get(7),
+        mode: r.try_get(7)?,
         totals: r.get(8),
         host: r.get(9),
-    }
+    })
 }
 
-pub(super) fn step_row(r: &Row, at: usize) -> RunStep {
-    RunStep {
+pub(super) fn step_row(r: &Row, at: usize) -> Result<RunStep, postgres::Error> {
+    Ok(RunStep {
         step_id: r.get(at),
         host: r.get(at + 1),
         item: r.get(at + 2),
-        status: r.get(at + 3),
+        status: r.try_get(at + 3)?,
         from_journal: r.get(at + 4),
         duration_ms: u64::try_from(r.get::<_, i64>(at + 5)).unwrap_or(0),
         message: r.get(at + 6),
-    }
+    })
 }
 
 fn big(n: u64) -> i64 {
@@ -96,11 +97,11 @@ fn run_write(tx: &mut Transaction<'_>, w: &Write) -> Sql {
     match w {
         Write::BeginRun(r) => tx.execute(
             "INSERT INTO runs (id, workflow, inventory, started_at, status, pid, mode, host) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            &[&r.id, &r.workflow, &r.inventory, &r.started_at, &r.status, &r.pid, &r.mode, &r.host],
+            &[&r.id, &r.workflow, &r.inventory, &r.started_at, &r.status.as_str(), &r.pid, &r.mode.as_str(), &r.host],
         )?,
         Write::FinishRun { id, status, totals } => tx.execute(
             "UPDATE runs SET finished_at = $2, status = $3, totals = $4 WHERE id = $1",
-            &[id, &now(), status, totals],
+            &[id, &now(), &status.as_str(), totals],
         )?,
         _ => 0,
     };
@@ -259,7 +260,7 @@ fn record_writes(tx: &mut Transaction<'_>, writes: &[&Write]) -> Sql {
                 item: &key.item,
                 host: &key.host,
                 fingerprint: &record.fingerprint,
-                status: &record.status,
+                status: record.status.as_str(),
                 outputs: record.outputs.as_deref(),
                 outputs_enc: record.outputs_enc.as_deref(),
                 run_id: &record.run_id,
@@ -390,7 +391,7 @@ pub(super) fn export(
         .query_raw(&format!("SELECT {RUN_COLS} FROM runs ORDER BY ord"), none)
         .map_err(fail)?;
     while let Some(r) = postgres::fallible_iterator::FallibleIterator::next(&mut rows).map_err(fail)? {
-        each(Item::Run(run_row(&r)))?;
+        each(Item::Run(run_row(&r).map_err(fail)?))?;
     }
     drop(rows);
     let mut rows = tx
@@ -403,7 +404,7 @@ pub(super) fn export(
         each(Item::Step {
             run_id: r.get(0),
             seq: u64::try_from(r.get::<_, i64>(1)).unwrap_or(0),
-            step: step_row(&r, 2),
+            step: step_row(&r, 2).map_err(fail)?,
         })?;
     }
     drop(rows);
@@ -423,7 +424,7 @@ pub(super) fn export(
             },
             record: crate::journal::Record {
                 fingerprint: r.get(4),
-                status: r.get(5),
+                status: r.try_get(5).map_err(fail)?,
                 outputs: r.get(6),
                 outputs_enc: r.get(7),
                 run_id: r.get(8),
@@ -478,9 +479,9 @@ fn import_chunk(tx: &mut Transaction<'_>, items: &[Item]) -> Sql {
                         &r.inventory,
                         &r.started_at,
                         &r.finished_at,
-                        &r.status,
+                        &r.status.as_str(),
                         &r.pid,
-                        &r.mode,
+                        &r.mode.as_str(),
                         &r.totals,
                         &r.host,
                     ],
@@ -498,7 +499,7 @@ fn import_chunk(tx: &mut Transaction<'_>, items: &[Item]) -> Sql {
                 item: &key.item,
                 host: &key.host,
                 fingerprint: &record.fingerprint,
-                status: &record.status,
+                status: record.status.as_str(),
                 outputs: record.outputs.as_deref(),
                 outputs_enc: record.outputs_enc.as_deref(),
                 run_id: &record.run_id,

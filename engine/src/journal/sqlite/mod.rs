@@ -479,7 +479,7 @@ mod tests {
             key.clone(),
             Record {
                 fingerprint: "f".into(),
-                status: "changed".into(),
+                status: crate::status::Status::Changed,
                 outputs: Some("{}".into()),
                 outputs_enc: None,
                 run_id: "r".into(),
