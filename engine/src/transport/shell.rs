@@ -110,27 +110,77 @@ const STAT_FORMAT: &str = "'%F|%a|%U|%G|%s|%u|%g'";
 /// Exit status of a probe whose `stat` failed (its message is on stdout).
 const STAT_FAILED: i32 = 3;
 
+/// Exit status of a probe that found the path absent without running `stat`.
+const PROBE_ABSENT: i32 = 45;
+
+/// The directory whose entry `path` names, when the shell's own tests can
+/// tell that `path` is absent: a path that ends in a name (not `/`, `.` or
+/// `..`) of at most 255 bytes, in a path not too long to resolve.
+fn parent_dir(path: &str) -> Option<&str> {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    if path.len() > 1024 || matches!(name, "" | "." | "..") || path.split('/').any(|c| c.len() > 255) {
+        return None;
+    }
+    Some(match path.rfind('/') {
+        None => ".",
+        Some(0) => "/",
+        Some(i) => &path[..i],
+    })
+}
+
+/// A script's body as a function, called: it ends with `return`, so that it
+/// runs alike under `sh -c` and in the remote helper's own shell (which runs
+/// the transport's scripts without a subshell, see `ssh/helper.rs`).
+fn as_function(name: &str, body: &str) -> String {
+    format!("{name}() {{\n{body}}}\n{name}\n")
+}
+
+/// The probe's first lines: `stat` runs only for a path that is there. A
+/// path the shell's builtin tests do not see, in a directory they see and
+/// may search, is absent (a dangling symbolic link too, as `stat -L` says);
+/// anything else goes to `stat`, whose message tells why it cannot look.
+fn stat_lines(path: &str) -> String {
+    let p = quote(path);
+    let mut s = String::new();
+    if let Some(d) = parent_dir(path) {
+        let d = quote(d);
+        let _ = writeln!(
+            s,
+            "if ! [ -e {p} ] && ! [ -L {p} ] && [ -d {d} ] && [ -x {d} ]; then return {PROBE_ABSENT}; fi"
+        );
+    }
+    let _ = writeln!(
+        s,
+        "LC_ALL=C stat -L -c {STAT_FORMAT} -- {p} 2>&1 || return {STAT_FAILED}"
+    );
+    s
+}
+
 /// One probe of `path`: its stat line, then (for a regular file) its SHA-256
-/// when `hash`, in one command and at most two processes.
+/// when `hash`, in one command and at most two processes (none for a path
+/// that is plainly absent).
 pub fn stat_script(path: &str, hash: bool) -> String {
     let p = quote(path);
-    let mut s = format!("LC_ALL=C stat -L -c {STAT_FORMAT} -- {p} 2>&1 || exit {STAT_FAILED}\n");
+    let mut s = stat_lines(path);
     if hash {
-        let _ = write!(s, "[ -f {p} ] || exit 0\nsha256sum -- {p}\n");
+        let _ = write!(s, "[ -f {p} ] || return 0\nsha256sum -- {p}\n");
     }
-    s
+    as_function("__frq_stat", &s)
 }
 
 /// The stat line and, for a regular file, its content: `read` + `stat` in one command.
 pub fn read_stat_script(path: &str) -> String {
     let p = quote(path);
-    format!(
-        "LC_ALL=C stat -L -c {STAT_FORMAT} -- {p} 2>&1 || exit {STAT_FAILED}\n[ -f {p} ] || exit 0\nexec cat -- {p}\n"
-    )
+    let mut s = stat_lines(path);
+    let _ = write!(s, "[ -f {p} ] || return 0\ncat -- {p}\n");
+    as_function("__frq_read", &s)
 }
 
 /// Absent only when stat says so: a path we may not look into is an error, not "absent".
 fn stat_failure(path: &str, out: &ExecOutput) -> Result<(), TransportError> {
+    if out.rc == PROBE_ABSENT {
+        return Ok(());
+    }
     if out.rc == STAT_FAILED {
         let text = out.stdout_str();
         if text.contains("No such file") || text.contains("Not a directory") {
@@ -219,11 +269,12 @@ const ABSENT_RC: i32 = 44;
 
 pub fn read_script(path: &str) -> String {
     let p = quote(path);
-    format!(
-        "if [ -e {p} ]; then exec cat -- {p}; fi; \
-         out=$(LC_ALL=C stat -L -- {p} 2>&1); case \"$out\" in *'No such file'*|*'Not a directory'*) exit {ABSENT_RC};; esac; \
-         echo \"$out\" >&2; exit 1"
-    )
+    let body = format!(
+        "if [ -e {p} ]; then cat -- {p}; return; fi\n\
+         __frq_o=$(LC_ALL=C stat -L -- {p} 2>&1); case \"$__frq_o\" in *'No such file'*|*'Not a directory'*) return {ABSENT_RC};; esac\n\
+         printf '%s\\n' \"$__frq_o\" >&2; return 1\n"
+    );
+    as_function("__frq_cat", &body)
 }
 
 pub fn parse_read(path: &str, out: ExecOutput) -> Result<Option<Vec<u8>>, TransportError> {
@@ -258,31 +309,48 @@ pub fn inline_text(content: &[u8]) -> Option<&str> {
 /// owner or group, or the old file's when it differs) and `mv` run.
 pub fn write_script(path: &str, attrs: &FileAttrs, inline: Option<&str>) -> String {
     let p = quote(path);
+    let d = match path.rfind('/') {
+        None => ".",
+        Some(0) => "/",
+        Some(i) => &path[..i],
+    };
     let mut r = [0u8; 6];
     let _ = getrandom::fill(&mut r);
     let tag = crate::transport::local::hex(&r);
+    // Every failure removes the temp file and returns its status (and `set -C` is undone).
+    let or_fail = "|| { __frq_fail; return; }";
     let mut s = format!(
-        "set -e; p={p}; case $p in */*) d=${{p%/*}};; *) d=.;; esac; [ -n \"$d\" ] || d=/; \
-         t=\"$d/.flowrun.$$.{tag}\"; trap 'rm -f \"$t\"' EXIT; set -C; "
+        "__frq_p={p}; __frq_d={}; __frq_t=\"$__frq_d/.flowrun.$$.{tag}\"\n\
+         __frq_fail() {{ __frq_r=$?; set +C; rm -f \"$__frq_t\"; return \"$__frq_r\"; }}\n\
+         set -C\n",
+        quote(d)
     );
     match inline {
         Some(text) => {
-            let _ = write!(s, "printf '%s' {} >\"$t\"; set +C; ", quote(text));
+            let _ = writeln!(s, "printf '%s' {} >\"$__frq_t\" {or_fail}", quote(text));
         }
-        None => s.push_str("cat >\"$t\"; set +C; "),
+        None => {
+            let _ = writeln!(s, "cat >\"$__frq_t\" {or_fail}");
+        }
     }
+    s.push_str("set +C\n");
     match attrs.mode {
         Some(m) => {
-            let _ = write!(s, "chmod {m:o} \"$t\"; ");
+            let _ = writeln!(s, "chmod {m:o} \"$__frq_t\" {or_fail}");
         }
         // A new file already has the umask's mode.
-        None => s.push_str("if [ -e \"$p\" ]; then chmod --reference=\"$p\" \"$t\"; fi; "),
+        None => {
+            let _ = writeln!(
+                s,
+                "if [ -e \"$__frq_p\" ]; then chmod --reference=\"$__frq_p\" \"$__frq_t\" {or_fail}; fi"
+            );
+        }
     }
     match (&attrs.owner, &attrs.group) {
         // The temp file is ours (and in a setgid directory, the directory's group).
         (None, None) => s.push_str(
-            "if [ -e \"$p\" ] && ! { [ -O \"$p\" ] && [ -G \"$p\" ] && ! [ -g \"$d\" ]; }; then \
-             chown --reference=\"$p\" \"$t\" 2>/dev/null || true; fi; ",
+            "if [ -e \"$__frq_p\" ] && ! { [ -O \"$__frq_p\" ] && [ -G \"$__frq_p\" ] && ! [ -g \"$__frq_d\" ]; }; then \
+             chown --reference=\"$__frq_p\" \"$__frq_t\" 2>/dev/null || true; fi\n",
         ),
         (o, g) => {
             let spec = format!(
@@ -290,11 +358,11 @@ pub fn write_script(path: &str, attrs: &FileAttrs, inline: Option<&str>) -> Stri
                 o.as_deref().unwrap_or(""),
                 g.as_ref().map(|g| format!(":{g}")).unwrap_or_default()
             );
-            let _ = write!(s, "chown {} \"$t\"; ", quote(&spec));
+            let _ = writeln!(s, "chown {} \"$__frq_t\" {or_fail}", quote(&spec));
         }
     }
-    s.push_str("mv -f -- \"$t\" \"$p\"; trap - EXIT");
-    s
+    let _ = writeln!(s, "mv -f -- \"$__frq_t\" \"$__frq_p\" {or_fail}");
+    as_function("__frq_write", &s)
 }
 
 #[cfg(test)]
@@ -335,6 +403,111 @@ mod tests {
                 stderr: out.stderr,
             };
             assert!(parse_stat("/root/.bashrc", &out).is_err());
+        }
+    }
+
+    /// The scripts as the remote helper runs the transport's own (mode `h`):
+    /// one after another in a function of one shell, no subshell. Each gives
+    /// what it gives under `sh -c`, and leaves the shell able to go on, with
+    /// `set -C` undone and no temp file behind, failures included.
+    #[test]
+    fn the_transports_scripts_run_in_one_shell_as_under_sh_c() {
+        use std::process::Command;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap().to_owned();
+        let file = format!("{d}/it's a file");
+        std::fs::write(&file, "hello\n").unwrap();
+        let mode600 = FileAttrs {
+            mode: Some(0o600),
+            ..FileAttrs::default()
+        };
+        let scripts = [
+            stat_script(&format!("{d}/absent"), true),
+            stat_script(&format!("{d}/absent/below"), false),
+            stat_script(&file, true),
+            read_stat_script(&file),
+            read_script(&format!("{d}/absent")),
+            write_script(&format!("{d}/new"), &mode600, Some("new\n")),
+            write_script(&format!("{d}/absent/x"), &FileAttrs::default(), Some("x")),
+            write_script(&file, &FileAttrs::default(), Some("bye\n")),
+            read_script(&file),
+        ];
+        // What each prints, its status, in the helper's way: `eval` in a function.
+        let mut shared = String::from("__fr_own() { eval \"$__fr_s\"; }\n");
+        for (i, s) in scripts.iter().enumerate() {
+            shared.push_str(&format!(
+                "__fr_s={}\nprintf '<%s>' {i}; __fr_own </dev/null 2>&1; printf '</%s %s>' {i} $?\n",
+                quote(s)
+            ));
+        }
+        shared.push_str("case $- in *C*) printf noclobber;; esac\n");
+        let out = Command::new("sh").arg("-c").arg(&shared).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let part = |i: usize| -> (String, i32) {
+            let a = text.find(&format!("<{i}>")).unwrap() + format!("<{i}>").len();
+            let b = text.find(&format!("</{i} ")).unwrap();
+            let rc: String = text[b + format!("</{i} ").len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            (text[a..b].to_owned(), rc.parse().unwrap())
+        };
+        let as_output = |i: usize| {
+            let (stdout, rc) = part(i);
+            ExecOutput {
+                rc,
+                stdout: stdout.into_bytes(),
+                stderr: Vec::new(),
+            }
+        };
+        assert!(!text.contains("noclobber"), "{text}");
+        assert!(parse_stat("a", &as_output(0)).unwrap().is_none(), "{text}");
+        assert_eq!(as_output(0).rc, PROBE_ABSENT, "no `stat` for a plainly absent path");
+        assert!(parse_stat("b", &as_output(1)).unwrap().is_none(), "{text}");
+        let st = parse_stat("f", &as_output(2)).unwrap().unwrap();
+        assert_eq!((st.kind, st.size), (FileKind::File, 6));
+        assert_eq!(
+            st.sha256.as_deref(),
+            Some("5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03")
+        );
+        let (st2, content) = parse_read_stat("f", as_output(3)).unwrap().unwrap();
+        assert_eq!((st2.sha256, content.as_deref()), (st.sha256, Some(&b"hello\n"[..])));
+        assert!(parse_read("r", as_output(4)).unwrap().is_none());
+        assert_eq!(part(5).1, 0, "{text}");
+        assert_eq!(std::fs::read_to_string(format!("{d}/new")).unwrap(), "new\n");
+        let m = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(format!("{d}/new")).unwrap().permissions());
+        assert_eq!(m & 0o7777, 0o600);
+        let (msg, rc) = part(6);
+        assert!(rc != 0 && msg.contains("/absent/"), "{text}");
+        assert_eq!(part(7).1, 0, "{text}");
+        assert_eq!(part(8), ("bye\n".to_owned(), 0));
+        // The same scripts under `sh -c`, as the local transport runs them.
+        let run = |script: &str| {
+            let o = Command::new("sh").arg("-c").arg(script).output().unwrap();
+            ExecOutput {
+                rc: o.status.code().unwrap_or(-1),
+                stdout: o.stdout,
+                stderr: o.stderr,
+            }
+        };
+        assert_eq!(run(&scripts[0]).rc, PROBE_ABSENT);
+        assert_eq!(parse_stat("f", &run(&scripts[2])).unwrap().unwrap().size, 4);
+        assert!(run(&scripts[6]).rc != 0);
+        let names: Vec<String> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.starts_with(".flowrun.")), "{names:?}");
+    }
+
+    #[test]
+    fn only_a_plain_name_in_a_directory_is_judged_absent_by_the_shell() {
+        assert_eq!(parent_dir("/a/b"), Some("/a"));
+        assert_eq!(parent_dir("/a"), Some("/"));
+        assert_eq!(parent_dir("a"), Some("."));
+        assert_eq!(parent_dir("a//b"), Some("a/"));
+        for p in ["", "/", "/a/", "/a/.", "/a/..", "..", &format!("/{}", "x".repeat(256))] {
+            assert_eq!(parent_dir(p), None, "{p}");
         }
     }
 

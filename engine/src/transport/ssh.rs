@@ -46,7 +46,10 @@ mod queue;
 pub use connector::SshConnector;
 pub use options::{default_control_dir, SshOptions, SSHD_MAX_SESSIONS};
 
-use super::{shell, Become, ExecOutput, ExecRequest, FileAttrs, Program, RemoteStats, Transport, TransportError};
+use super::{
+    shell, Become, ExecOutput, ExecRequest, FileAttrs, FileStat, Program, RemoteStats, StatAndContent, Transport,
+    TransportError,
+};
 use crate::host::Host;
 use async_trait::async_trait;
 use connect::Target;
@@ -357,8 +360,10 @@ impl Inner {
     }
 
     /// One request, on a helper of its own or (quick ones) in a batch; under
-    /// the request's remote and local deadlines.
-    async fn exec(self: &Arc<Self>, req: ExecRequest) -> Result<ExecOutput, TransportError> {
+    /// the request's remote and local deadlines. `shared`: the request is one
+    /// of the transport's own scripts, written to run in the helper's own
+    /// shell (see `ssh/helper.rs`), not a user's command.
+    async fn exec(self: &Arc<Self>, req: ExecRequest, shared: bool) -> Result<ExecOutput, TransportError> {
         if matches!(&req.program, Program::Argv(a) if a.is_empty()) {
             return Err(TransportError::Failed("empty command".into()));
         }
@@ -383,6 +388,8 @@ impl Inner {
             script: &script,
             stdin: req.stdin.as_deref(),
             timeout: remote_t.map_or(0, |t| t.as_secs()),
+            // `cd` and exports would stay behind in the helper's shell.
+            shared: shared && req.env.is_empty() && req.chdir.is_none(),
         };
         let run = async {
             if permit.is_some() {
@@ -448,6 +455,11 @@ async fn start_retrying(session: &Arc<Session>, remote: &str) -> Result<openssh:
     }
 }
 
+/// A quick request for one of the transport's own scripts.
+fn own(script: String, become_: Option<&Become>) -> ExecRequest {
+    ExecRequest::shell(script).quick().become_(become_.cloned())
+}
+
 fn is_disconnect(e: &openssh::Error) -> bool {
     matches!(e, openssh::Error::Disconnected)
 }
@@ -474,7 +486,40 @@ impl Transport for SshTransport {
     }
 
     async fn exec(&self, req: ExecRequest) -> Result<ExecOutput, TransportError> {
-        self.inner.exec(req).await
+        self.inner.exec(req, false).await
+    }
+
+    /// As the default, run in the remote helper's own shell (no process for the probe itself).
+    async fn stat(&self, path: &str, become_: Option<&Become>) -> Result<Option<FileStat>, TransportError> {
+        let out = self
+            .inner
+            .exec(own(shell::stat_script(path, true), become_), true)
+            .await?;
+        shell::parse_stat(path, &out)
+    }
+
+    /// As the default, run in the remote helper's own shell.
+    async fn metadata(&self, path: &str, become_: Option<&Become>) -> Result<Option<FileStat>, TransportError> {
+        let out = self
+            .inner
+            .exec(own(shell::stat_script(path, false), become_), true)
+            .await?;
+        shell::parse_stat(path, &out)
+    }
+
+    /// As the default, run in the remote helper's own shell.
+    async fn read_with_stat(&self, path: &str, become_: Option<&Become>) -> Result<StatAndContent, TransportError> {
+        let out = self
+            .inner
+            .exec(own(shell::read_stat_script(path), become_), true)
+            .await?;
+        shell::parse_read_stat(path, out)
+    }
+
+    /// As the default, run in the remote helper's own shell.
+    async fn read_file(&self, path: &str, become_: Option<&Become>) -> Result<Option<Vec<u8>>, TransportError> {
+        let out = self.inner.exec(own(shell::read_script(path), become_), true).await?;
+        shell::parse_read(path, out)
     }
 
     /// As the default, but small text content travels inline in the script
@@ -495,7 +540,7 @@ impl Transport for SshTransport {
         if inline.is_none() {
             req = req.stdin(content.to_vec());
         }
-        let out = self.inner.exec(req).await?;
+        let out = self.inner.exec(req, true).await?;
         if out.rc != 0 {
             return Err(TransportError::Failed(format!(
                 "cannot write `{path}`: {}",

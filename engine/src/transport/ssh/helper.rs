@@ -14,11 +14,11 @@
 //! prints `NONCE ready B USER\n` on stdout (`B`: 1 when `printf` is a
 //! builtin), then loops:
 //!
-//! - request: a header line `ID LINES STDIN_LEN TIMEOUT\n`, then `LINES`
+//! - request: a header line `ID LINES STDIN_LEN TIMEOUT MODE\n`, then `LINES`
 //!   lines of shell script (read with the `read` builtin: any byte but NUL),
 //!   then exactly `STDIN_LEN` raw bytes (read by GNU `head -c`, which never
 //!   reads past its count, so binary and NUL bytes are safe). `TIMEOUT` is in
-//!   whole seconds, 0 for none.
+//!   whole seconds, 0 for none. `MODE` is `s` (a subshell) or `h` (see below).
 //! - the helper prints `NONCEsID\n` on stdout and on stderr, runs the script
 //!   in a subshell (stdin: the request's bytes, or `/dev/null`; stdout and
 //!   stderr: the channel's own), then prints `NONCEeID RC\n` on stdout and
@@ -30,6 +30,12 @@
 //!   script passed in the environment (`/proc/PID/environ` is private to the
 //!   user, unlike argv). Bytes of stdin that the script leaves unread are
 //!   drained, so the next header is always where the controller put it.
+//! - mode `h` (the transport's own probes and writes, [`Request::shared`],
+//!   never a user's command) runs the script in a function of the helper's
+//!   own shell instead of a subshell, which spares the host a process per
+//!   request. Such a script ends with `return`, never `exit` or `exec`,
+//!   restores any shell option it sets, names its variables `__frq_*`, and
+//!   has neither stdin nor a timeout (the helper runs those as mode `s`).
 //! - requests may follow each other without waiting for answers (a batch:
 //!   several frames in one write): the helper reads the next header only
 //!   once the previous request has ended, and no script reads the channel.
@@ -64,8 +70,9 @@ __fr_run() {
   fi
 }
 __fr_drain() { __fr_run; __fr_r=$?; cat >/dev/null; return $__fr_r; }
+__fr_own() { eval "$__fr_s"; }
 printf '%s ready %s %s\n' "$__fr_n" "$__fr_b" "$__fr_who"
-while IFS=' ' read -r __fr_id __fr_lines __fr_in __fr_to; do
+while IFS=' ' read -r __fr_id __fr_lines __fr_in __fr_to __fr_m; do
   __fr_s=
   while [ "$__fr_lines" -gt 0 ]; do
     IFS= read -r __fr_l || exit 1
@@ -78,6 +85,8 @@ while IFS=' ' read -r __fr_id __fr_lines __fr_in __fr_to; do
   printf '%ss%s\n' "$__fr_n" "$__fr_id" >&2
   if [ "$__fr_in" -gt 0 ]; then
     head -c "$__fr_in" | __fr_drain
+  elif [ "$__fr_m" = h ] && [ "$__fr_to" -eq 0 ]; then
+    __fr_own </dev/null
   else
     __fr_run </dev/null
   fi
@@ -127,6 +136,9 @@ pub struct Request<'a> {
     pub script: &'a str,
     pub stdin: Option<&'a [u8]>,
     pub timeout: u64,
+    /// Run in the helper's own shell, not a subshell (mode `h`): only for
+    /// the transport's own scripts, written for it (see the module's doc).
+    pub shared: bool,
 }
 
 /// What went wrong with a request.
@@ -362,7 +374,8 @@ fn push_frame(frame: &mut Vec<u8>, id: u64, r: &Request<'_>) {
     let newline = !script.ends_with('\n');
     let lines = script.bytes().filter(|b| *b == b'\n').count() + usize::from(newline);
     let input = r.stdin.unwrap_or_default();
-    frame.extend_from_slice(format!("{id} {lines} {} {}\n", input.len(), r.timeout).as_bytes());
+    let mode = if r.shared { 'h' } else { 's' };
+    frame.extend_from_slice(format!("{id} {lines} {} {} {mode}\n", input.len(), r.timeout).as_bytes());
     frame.extend_from_slice(script.as_bytes());
     if newline {
         frame.push(b'\n');
@@ -452,13 +465,18 @@ mod tests {
         req.extend_from_slice(&bin);
         req.extend_from_slice(b"2 1 5 0\ntrue\n\0\0\n\0\0");
         req.extend_from_slice(b"3 1 0 0\nprintf '[%s]' \"$__fr_n\" \"$#\"\n");
+        // Mode `h`: in the helper's own shell (it sees the helper's variables,
+        // its `return` ends the request, what it sets stays); the next runs on.
+        req.extend_from_slice(b"4 2 0 0 h\n__frq_x=kept; printf '<%s>' \"$__fr_n\"\nreturn 5\n");
+        req.extend_from_slice(b"5 1 0 0 h\nprintf '<%s>' \"$__frq_x\"\n");
+        req.extend_from_slice(b"6 1 0 0 s\nexit 7\n");
         let feed = std::thread::spawn(move || {
             w.write_all(&req).unwrap();
         });
         let mut out = Vec::new();
         feed.join().unwrap();
         let mut stdout = child.stdout.take().unwrap();
-        // Three requests, then EOF ends the helper.
+        // Six requests, then EOF ends the helper.
         let _ = child.stdin.take();
         stdout.read_to_end(&mut out).unwrap();
         let mut expect = b"NONCE ready 1 ".to_vec();
@@ -467,6 +485,7 @@ mod tests {
         expect.extend_from_slice(b"NONCEs1\n");
         expect.extend_from_slice(&bin);
         expect.extend_from_slice(b"NONCEe1 3\nNONCEs2\nNONCEe2 0\nNONCEs3\n[][0]NONCEe3 0\n");
+        expect.extend_from_slice(b"NONCEs4\n<NONCE>NONCEe4 5\nNONCEs5\n<kept>NONCEe5 0\nNONCEs6\nNONCEe6 7\n");
         assert!(
             out == expect,
             "{:?}",

@@ -32,6 +32,7 @@ struct Job {
     script: String,
     stdin: Option<Vec<u8>>,
     timeout: u64,
+    shared: bool,
     tx: oneshot::Sender<Answer>,
 }
 
@@ -131,6 +132,7 @@ impl Inner {
                 script: req.script.to_owned(),
                 stdin: req.stdin.map(<[u8]>::to_vec),
                 timeout: req.timeout,
+                shared: req.shared,
                 tx,
             };
             if self.quick.push(user, job, self.opts.max_sessions) {
@@ -186,14 +188,15 @@ impl Inner {
             };
             let (reqs, txs): (Vec<_>, Vec<_>) = jobs
                 .into_iter()
-                .map(|j| ((j.script, j.stdin, j.timeout), Some(j.tx)))
+                .map(|j| ((j.script, j.stdin, j.timeout, j.shared), Some(j.tx)))
                 .unzip();
             let reqs: Vec<Request<'_>> = reqs
                 .iter()
-                .map(|(script, stdin, timeout)| Request {
+                .map(|(script, stdin, timeout, shared)| Request {
                     script,
                     stdin: stdin.as_deref(),
                     timeout: *timeout,
+                    shared: *shared,
                 })
                 .collect();
             let txs = Mutex::new(txs);
