@@ -102,7 +102,7 @@ impl StepKind for GitlabRunnerKind {
             }
             _ => {}
         }
-        let state = p.choice("state", STATES, "present")?;
+        let absent = p.choice("state", STATES, "present")? == "absent";
         let runner_id = p.opt_i64("runner_id")?;
         let runner_token = p.opt_str("runner_token")?.filter(|t| !t.trim().is_empty());
         let access_level = match p.get("access_level") {
@@ -120,7 +120,7 @@ impl StepKind for GitlabRunnerKind {
             run_untagged: p.opt_bool("run_untagged")?,
             locked: p.opt_bool("locked")?,
             access_level,
-            state,
+            absent,
             runner_id,
             runner_token,
             ca_file: p.opt_str("ca_file")?.map(|f| cx.workflow_path(&f)),
@@ -141,7 +141,8 @@ pub struct GitlabRunner {
     run_untagged: Option<bool>,
     locked: Option<bool>,
     access_level: Option<String>,
-    state: String,
+    /// `state: absent`: the runner must not exist (else `present`).
+    absent: bool,
     runner_id: Option<i64>,
     runner_token: Option<String>,
     ca_file: Option<PathBuf>,
@@ -298,7 +299,7 @@ impl GitlabRunner {
 impl Step for GitlabRunner {
     async fn check(&self, cx: &StepContext) -> Result<Check, StepError> {
         let api = self.client(cx)?;
-        if self.state == "absent" {
+        if self.absent {
             let token = self.known_token(cx);
             if token.is_none() && self.runner_id.is_none() {
                 return Err(StepError::param(
@@ -328,7 +329,7 @@ impl Step for GitlabRunner {
 
     async fn apply(&self, cx: &StepContext, _pending: Pending) -> Result<Applied, StepError> {
         let api = self.client(cx)?;
-        if self.state == "absent" {
+        if self.absent {
             let token = self.known_token(cx);
             let (req, id) = match (&token, self.runner_id) {
                 // A runner may delete itself with its own token: no scope needed.

@@ -182,29 +182,40 @@ impl StepKind for GithubRunnerKind {
         let labels = split_labels(p.str_list("labels")?);
         let kind = match state.as_str() {
             "configured" => Mode::Configured(configure::Configure::from_params(&p, &gh, labels.clone())?),
-            "select" | "health" => Mode::Select(select::Select::from_params(&p)?),
-            _ => Mode::Api,
+            "select" => Mode::Select(select::Select::from_params(&p)?),
+            "health" => Mode::Health(select::Select::from_params(&p)?),
+            "token" => Mode::Token,
+            "absent" => Mode::Absent,
+            _ => Mode::Present,
         };
         Ok(Box::new(GithubRunner {
             gh,
             name: runner,
-            state,
             labels,
             kind,
         }))
     }
 }
 
+/// What `state` asks for, with what that state needs.
 enum Mode {
-    Api,
+    /// `token`: a registration token, every run.
+    Token,
+    /// `present`: the runner's facts (it is registered elsewhere).
+    Present,
+    /// `absent`: the named runner deleted.
+    Absent,
+    /// `configured`: the runner release on the host, registered.
     Configured(configure::Configure),
+    /// `select`: the health gate chooses a runner.
     Select(select::Select),
+    /// `health`: every candidate judged, none chosen.
+    Health(select::Select),
 }
 
 pub struct GithubRunner {
     gh: Gh,
     name: Option<String>,
-    state: String,
     /// `present`: the custom labels the runner must have.
     labels: Vec<String>,
     kind: Mode,
@@ -256,18 +267,18 @@ impl Step for GithubRunner {
         let api = self.gh.client(cx)?;
         match &self.kind {
             Mode::Configured(c) => return c.check(&self.gh, api, cx).await,
-            Mode::Select(s) if self.state == "health" => return s.health(&self.gh, api).await,
+            Mode::Health(s) => return s.health(&self.gh, api).await,
             Mode::Select(s) => return s.check(&self.gh, api, cx).await,
-            Mode::Api => {}
+            Mode::Token | Mode::Present | Mode::Absent => {}
         }
-        if self.state == "token" {
+        if matches!(self.kind, Mode::Token) {
             return Ok(Check::Drift(Pending::new(format!(
                 "create a runner registration token for `{}`",
                 self.gh.repo
             ))));
         }
         let runners = self.gh.runners(api, None).await?;
-        if self.state == "absent" {
+        if matches!(self.kind, Mode::Absent) {
             if let Some(r) = self.named(&runners) {
                 let summary = format!(
                     "delete runner `{}` (id {}) from `{}`",
@@ -285,16 +296,16 @@ impl Step for GithubRunner {
         let api = self.gh.client(cx)?;
         match &self.kind {
             Mode::Configured(c) => return c.apply(&self.gh, api, cx).await,
-            Mode::Select(_) => {
+            Mode::Select(_) | Mode::Health(_) => {
                 return Ok(Applied {
                     changed: false,
                     outputs: pending.outputs,
                     message: Some(pending.summary),
                 })
             }
-            Mode::Api => {}
+            Mode::Token | Mode::Present | Mode::Absent => {}
         }
-        if self.state == "token" {
+        if matches!(self.kind, Mode::Token) {
             let (token, expires) = self.gh.runner_token(api, cx, "registration-token").await?;
             let mut o = blank();
             o.insert("registration_token".into(), json!(token));

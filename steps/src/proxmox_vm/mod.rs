@@ -154,13 +154,39 @@ impl StepKind for ProxmoxVmKind {
                 sshkeys: (!sshkeys.trim().is_empty()).then(|| normalize_keys(&sshkeys)),
                 ipconfig0: p.opt_str("ipconfig0")?,
             },
-            state: p.choice("state", STATES, "started")?,
+            state: VmState::parse(&p.choice("state", STATES, "started")?)?,
             wait_ip_timeout: p.opt_duration("wait_ip_timeout")?.unwrap_or(Duration::from_secs(300)),
             task_timeout: p.opt_duration("task_timeout")?.unwrap_or(Duration::from_secs(600)),
             inventory_host: p.opt_str("inventory_host")?,
             client: OnceLock::new(),
             vmgenid: std::sync::Mutex::new(None),
         }))
+    }
+}
+
+/// The `state` a VM is brought to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VmState {
+    /// Exists, running or not as it is.
+    Present,
+    /// Exists and runs, with an address.
+    Started,
+    /// Exists and is shut down.
+    Stopped,
+    /// Does not exist.
+    Absent,
+}
+
+impl VmState {
+    /// One of [`STATES`] (the parameter's choices, already checked).
+    fn parse(word: &str) -> Result<Self, StepError> {
+        Ok(match word {
+            "present" => Self::Present,
+            "started" => Self::Started,
+            "stopped" => Self::Stopped,
+            "absent" => Self::Absent,
+            other => return Err(StepError::param("state", format!("`{other}` is not a state"))),
+        })
     }
 }
 
@@ -177,7 +203,7 @@ pub struct ProxmoxVm {
     full: bool,
     storage: Option<String>,
     want: Desired,
-    state: String,
+    state: VmState,
     wait_ip_timeout: Duration,
     task_timeout: Duration,
     inventory_host: Option<String>,
@@ -269,7 +295,7 @@ impl ProxmoxVm {
             .and_then(|t| all.iter().find(|r| r.vmid == t))
             .map(|r| r.node.clone());
         let template_config = match (&template_node, named.first(), self.template) {
-            (Some(n), None, Some(t)) if self.state != "absent" => Some(pve.config(n, t).await?),
+            (Some(n), None, Some(t)) if self.state != VmState::Absent => Some(pve.config(n, t).await?),
             _ => None,
         };
         let vm = match named.first() {
@@ -290,9 +316,9 @@ impl ProxmoxVm {
 
     fn plan(&self, obs: &Observed) -> Result<Vec<Action>, StepError> {
         let mut actions = Vec::new();
-        match (&obs.vm, self.state.as_str()) {
-            (None, "absent") => {}
-            (Some(vm), "absent") => {
+        match (&obs.vm, self.state) {
+            (None, VmState::Absent) => {}
+            (Some(vm), VmState::Absent) => {
                 if vm.running {
                     actions.push(Action::Stop);
                 }
@@ -316,7 +342,7 @@ impl ProxmoxVm {
                 if !diff.is_empty() {
                     actions.push(Action::Configure(diff));
                 }
-                if state == "started" {
+                if state == VmState::Started {
                     actions.extend([Action::Start, Action::WaitIp]);
                 }
             }
@@ -326,8 +352,8 @@ impl ProxmoxVm {
                     actions.push(Action::Configure(diff));
                 }
                 match state {
-                    "started" if !vm.running => actions.extend([Action::Start, Action::WaitIp]),
-                    "stopped" if vm.running => actions.push(Action::Shutdown),
+                    VmState::Started if !vm.running => actions.extend([Action::Start, Action::WaitIp]),
+                    VmState::Stopped if vm.running => actions.push(Action::Shutdown),
                     _ => {}
                 }
             }
@@ -427,12 +453,12 @@ impl Step for ProxmoxVm {
         };
         let mut ip = None;
         // A running VM that should stay so: its address is part of being in state.
-        if actions.is_empty() && running && matches!(self.state.as_str(), "started" | "present") {
+        if actions.is_empty() && running && matches!(self.state, VmState::Started | VmState::Present) {
             if let Some(vmid) = vmid {
                 ip = pve.agent_ip(&node, vmid).await.ok().flatten().map(|ip| ip.to_string());
                 match &ip {
                     Some(ip) => self.publish_ip(cx, &pve, &node, vmid, ip).await?,
-                    None if self.state == "started" => actions.push(Action::WaitIp),
+                    None if self.state == VmState::Started => actions.push(Action::WaitIp),
                     None => {}
                 }
             }
@@ -572,14 +598,14 @@ impl ProxmoxVm {
 
     /// What `apply` did, as outputs: the VM's state after `done`.
     fn applied(&self, vmid: u32, node: &str, ip: Option<String>, running: bool, done: &[String]) -> Applied {
-        let status = if self.state == "absent" {
+        let status = if self.state == VmState::Absent {
             "absent"
         } else if running {
             "running"
         } else {
             "stopped"
         };
-        let vmid = (self.state != "absent" && vmid != 0).then_some(vmid);
+        let vmid = (self.state != VmState::Absent && vmid != 0).then_some(vmid);
         let mut applied = Applied::changed(self.outputs(vmid, node, ip, status));
         applied.changed = !done.is_empty();
         applied.message(done.join("; "))
@@ -594,9 +620,9 @@ impl ProxmoxVm {
         node: &str,
         vmid: u32,
     ) -> Result<Option<String>, StepError> {
-        let addr = match self.state.as_str() {
-            "started" => Some(pve.wait_ip(node, vmid, self.wait_ip_timeout).await?),
-            "present" => pve.agent_ip(node, vmid).await.ok().flatten(),
+        let addr = match self.state {
+            VmState::Started => Some(pve.wait_ip(node, vmid, self.wait_ip_timeout).await?),
+            VmState::Present => pve.agent_ip(node, vmid).await.ok().flatten(),
             _ => None,
         };
         let Some(addr) = addr else { return Ok(None) };
