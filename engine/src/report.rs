@@ -164,85 +164,81 @@ impl RunReport {
     pub fn to_junit(&self, masker: &Masker) -> String {
         let t = self.totals();
         let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-        let secs = |d: Duration| format!("{:.3}", d.as_secs_f64());
-        let _ = writeln!(
-            out,
-            "<testsuites name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\" time=\"{}\">",
+        let counts = format!(
+            "name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\" time=\"{}\"",
             xml(&self.workflow),
             self.results.len(),
             t.failed,
             t.unreachable,
             t.skipped,
-            secs(self.duration)
+            junit_secs(self.duration)
         );
-        let _ = writeln!(
-            out,
-            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\" time=\"{}\">",
-            xml(&self.workflow),
-            self.results.len(),
-            t.failed,
-            t.unreachable,
-            t.skipped,
-            secs(self.duration)
-        );
+        let _ = writeln!(out, "<testsuites {counts}>");
+        let _ = writeln!(out, "  <testsuite {counts}>");
         for r in &self.results {
-            let mut name = r.step_id.clone();
-            if let Some(i) = &r.item {
-                let _ = write!(name, " [{i}]");
-            }
-            let name = masker.mask(&name).into_owned();
-            let _ = write!(
-                out,
-                "    <testcase classname=\"{}.{}\" name=\"{}\" time=\"{}\"",
-                xml(&self.workflow),
-                xml(&r.host),
-                xml(&name),
-                secs(r.duration)
-            );
-            let msg = r
-                .message
-                .as_deref()
-                .map(|m| masker.mask(m).into_owned())
-                .unwrap_or_default();
-            match r.status {
-                Status::Ok | Status::Changed => {
-                    if r.from_journal {
-                        out.push_str(">\n      <system-out>ok (from the journal)</system-out>\n    </testcase>\n");
-                    } else if msg.is_empty() {
-                        out.push_str("/>\n");
-                    } else {
-                        let _ = write!(
-                            out,
-                            ">\n      <system-out>{}</system-out>\n    </testcase>\n",
-                            xml(&msg)
-                        );
-                    }
-                }
-                Status::Failed | Status::Unreachable => {
-                    // JUnit: a failure is a check that failed, an error one that could not run.
-                    let (tag, kind) = if r.status == Status::Failed {
-                        ("failure", "failed")
-                    } else {
-                        ("error", "unreachable")
-                    };
-                    let _ = write!(
-                        out,
-                        ">\n      <{tag} message=\"{}\" type=\"{kind}\">{}</{tag}>\n    </testcase>\n",
-                        xml(first_line(&msg)),
-                        xml(&msg)
-                    );
-                }
-                Status::Skipped => {
-                    let _ = write!(
-                        out,
-                        ">\n      <skipped message=\"{}\"/>\n    </testcase>\n",
-                        xml(first_line(&msg))
-                    );
-                }
-            }
+            self.junit_case(&mut out, r, masker);
         }
         out.push_str("  </testsuite>\n</testsuites>\n");
         out
+    }
+
+    /// One `<testcase>`: ok (with its message, or that it came from the
+    /// journal), a failure, an error (unreachable) or skipped.
+    fn junit_case(&self, out: &mut String, r: &InstanceResult, masker: &Masker) {
+        let mut name = r.step_id.clone();
+        if let Some(i) = &r.item {
+            let _ = write!(name, " [{i}]");
+        }
+        let name = masker.mask(&name).into_owned();
+        let _ = write!(
+            out,
+            "    <testcase classname=\"{}.{}\" name=\"{}\" time=\"{}\"",
+            xml(&self.workflow),
+            xml(&r.host),
+            xml(&name),
+            junit_secs(r.duration)
+        );
+        let msg = r
+            .message
+            .as_deref()
+            .map(|m| masker.mask(m).into_owned())
+            .unwrap_or_default();
+        match r.status {
+            Status::Ok | Status::Changed => {
+                if r.from_journal {
+                    out.push_str(">\n      <system-out>ok (from the journal)</system-out>\n    </testcase>\n");
+                } else if msg.is_empty() {
+                    out.push_str("/>\n");
+                } else {
+                    let _ = write!(
+                        out,
+                        ">\n      <system-out>{}</system-out>\n    </testcase>\n",
+                        xml(&msg)
+                    );
+                }
+            }
+            Status::Failed | Status::Unreachable => {
+                // JUnit: a failure is a check that failed, an error one that could not run.
+                let (tag, kind) = if r.status == Status::Failed {
+                    ("failure", "failed")
+                } else {
+                    ("error", "unreachable")
+                };
+                let _ = write!(
+                    out,
+                    ">\n      <{tag} message=\"{}\" type=\"{kind}\">{}</{tag}>\n    </testcase>\n",
+                    xml(first_line(&msg)),
+                    xml(&msg)
+                );
+            }
+            Status::Skipped => {
+                let _ = write!(
+                    out,
+                    ">\n      <skipped message=\"{}\"/>\n    </testcase>\n",
+                    xml(first_line(&msg))
+                );
+            }
+        }
     }
 
     /// Prometheus text format, for node_exporter's textfile collector.
@@ -254,72 +250,55 @@ impl RunReport {
             .map_or(0.0, |d| d.as_secs_f64());
         let end = ts + self.duration.as_secs_f64();
         let mut out = String::new();
-        let mut metric = |name: &str, help: &str, kind: &str, lines: Vec<(String, String)>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in lines {
-                let _ = writeln!(out, "{name}{{{labels}}} {value}");
-            }
-        };
         let base = format!("workflow=\"{wf}\"");
         let success = matches!(self.outcome, Outcome::Success);
-        metric(
+        let gauge = |out: &mut String, name: &str, help: &str, value: String| {
+            metric(out, name, help, vec![(base.clone(), value)]);
+        };
+        gauge(
+            &mut out,
             "flowrun_last_run_success",
             "1 if the last run of the workflow succeeded, else 0.",
-            "gauge",
-            vec![(base.clone(), u8::from(success).to_string())],
+            u8::from(success).to_string(),
         );
-        metric(
+        gauge(
+            &mut out,
             "flowrun_last_run_exit_code",
             "Exit status of the last run.",
-            "gauge",
-            vec![(base.clone(), exit_code.to_string())],
+            exit_code.to_string(),
         );
-        metric(
+        gauge(
+            &mut out,
             "flowrun_last_run_timestamp_seconds",
             "When the last run finished (Unix time).",
-            "gauge",
-            vec![(base.clone(), format!("{end:.3}"))],
+            format!("{end:.3}"),
         );
         if success {
-            metric(
+            gauge(
+                &mut out,
                 "flowrun_last_success_timestamp_seconds",
                 "When the last successful run finished (Unix time).",
-                "gauge",
-                vec![(base.clone(), format!("{end:.3}"))],
+                format!("{end:.3}"),
             );
         }
-        metric(
+        gauge(
+            &mut out,
             "flowrun_last_run_duration_seconds",
             "Wall time of the last run.",
-            "gauge",
-            vec![(base.clone(), format!("{:.3}", self.duration.as_secs_f64()))],
+            format!("{:.3}", self.duration.as_secs_f64()),
         );
-        let t = self.totals();
-        let counts = [
-            ("ok", t.ok),
-            ("changed", t.changed),
-            ("failed", t.failed),
-            ("skipped", t.skipped),
-            ("unreachable", t.unreachable),
-        ];
         metric(
+            &mut out,
             "flowrun_last_run_steps",
             "Step instances of the last run, by status.",
-            "gauge",
-            counts
+            by_status(&self.totals())
                 .iter()
                 .map(|(s, n)| (format!("{base},status=\"{s}\""), n.to_string()))
                 .collect(),
         );
         let mut host_lines = Vec::new();
         for (h, c) in &self.hosts {
-            for (s, n) in [
-                ("ok", c.ok),
-                ("changed", c.changed),
-                ("failed", c.failed),
-                ("skipped", c.skipped),
-                ("unreachable", c.unreachable),
-            ] {
+            for (s, n) in by_status(c) {
                 host_lines.push((
                     format!("{base},host=\"{}\",status=\"{s}\"", prom_label(h)),
                     n.to_string(),
@@ -327,13 +306,37 @@ impl RunReport {
             }
         }
         metric(
+            &mut out,
             "flowrun_last_run_host_steps",
             "Step instances of the last run, by host and status.",
-            "gauge",
             host_lines,
         );
         out
     }
+}
+
+/// One gauge in Prometheus text format: its help, its type, a line per label set.
+fn metric(out: &mut String, name: &str, help: &str, lines: Vec<(String, String)>) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for (labels, value) in lines {
+        let _ = writeln!(out, "{name}{{{labels}}} {value}");
+    }
+}
+
+/// Counters by status word, in the order the metrics list them.
+fn by_status(c: &Counters) -> [(&'static str, u64); 5] {
+    [
+        ("ok", c.ok),
+        ("changed", c.changed),
+        ("failed", c.failed),
+        ("skipped", c.skipped),
+        ("unreachable", c.unreachable),
+    ]
+}
+
+/// A duration as JUnit writes it: seconds, to the millisecond.
+fn junit_secs(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64())
 }
 
 /// Metrics of the run's remote traffic: commands sent to hosts (round trips)

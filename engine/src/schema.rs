@@ -63,50 +63,59 @@ fn step_keys(handler: bool) -> Vec<(&'static str, Value)> {
         ),
     ];
     if !handler {
-        keys.extend([
-            (
-                "hosts",
-                described(
-                    scalar(),
-                    "Host pattern: a group, a host, `all`, `localhost` (default), with `:`, `:&`, `:!`.",
-                ),
-            ),
-            ("needs", described(str_list(), "Steps that must finish before this one (DAG edges).")),
-            (
-                "runs",
-                json!({"enum": ["on_success", "on_failure", "always"],
-                       "description": "`on_success` (default): when its needs succeeded; `on_failure`: only when one of them failed, was cancelled or was left unfinished by a run that died (a rollback); `always`: either way (a cleanup). `failure` and `failures` are in scope."}),
-            ),
-            (
-                "notify",
-                described(
-                    str_list(),
-                    "Handlers to run once per host, after the steps, when this step changed something.",
-                ),
-            ),
-            (
-                "for_each",
-                json!({"type": ["array", "string"],
-                       "description": "One instance per item (`item` in scope): a list, or a template that renders to one."}),
-            ),
-            (
-                "label",
-                described(
-                    json!({"type": "string"}),
-                    "How a `for_each` item is shown in output: a template with `item` in scope (default: its `name`).",
-                ),
-            ),
-            ("tags", described(str_list(), "Tags for `--tags` and `--skip-tags`.")),
-            (
-                "journal",
-                described(
-                    json!({"type": "boolean"}),
-                    "false: run every time (probes, validations); default per step kind.",
-                ),
-            ),
-        ]);
+        keys.extend(dag_keys());
     }
     keys
+}
+
+/// The keys of a step that handlers do not have: where it runs and its place in the DAG.
+fn dag_keys() -> Vec<(&'static str, Value)> {
+    let scalar = || json!({"type": ["string", "number", "boolean"]});
+    vec![
+        (
+            "hosts",
+            described(
+                scalar(),
+                "Host pattern: a group, a host, `all`, `localhost` (default), with `:`, `:&`, `:!`.",
+            ),
+        ),
+        (
+            "needs",
+            described(str_list(), "Steps that must finish before this one (DAG edges)."),
+        ),
+        (
+            "runs",
+            json!({"enum": ["on_success", "on_failure", "always"],
+                   "description": "`on_success` (default): when its needs succeeded; `on_failure`: only when one of them failed, was cancelled or was left unfinished by a run that died (a rollback); `always`: either way (a cleanup). `failure` and `failures` are in scope."}),
+        ),
+        (
+            "notify",
+            described(
+                str_list(),
+                "Handlers to run once per host, after the steps, when this step changed something.",
+            ),
+        ),
+        (
+            "for_each",
+            json!({"type": ["array", "string"],
+                   "description": "One instance per item (`item` in scope): a list, or a template that renders to one."}),
+        ),
+        (
+            "label",
+            described(
+                json!({"type": "string"}),
+                "How a `for_each` item is shown in output: a template with `item` in scope (default: its `name`).",
+            ),
+        ),
+        ("tags", described(str_list(), "Tags for `--tags` and `--skip-tags`.")),
+        (
+            "journal",
+            described(
+                json!({"type": "boolean"}),
+                "false: run every time (probes, validations); default per step kind.",
+            ),
+        ),
+    ]
 }
 
 fn described(mut schema: Value, doc: &str) -> Value {

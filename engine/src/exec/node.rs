@@ -42,9 +42,9 @@ pub(crate) async fn run_node(ctx: &Arc<RunContext>, node: usize, ticket: ForkTic
         not_selected(ctx, plan_node.step, host);
         return NodeEnd::Done(Status::Skipped);
     }
-    let failures = if step.runs.handles_failures() {
-        let failures = ctx.failures_for(node);
-        if let Some(why) = rescue_not_needed(ctx, step.runs, &failures) {
+    let failures = match failures_to_handle(ctx, node, step.runs) {
+        Ok(failures) => failures,
+        Err(why) => {
             skip(why);
             // Later steps see it as skipped, with no outputs.
             let result = StepResult::Single {
@@ -54,9 +54,6 @@ pub(crate) async fn run_node(ctx: &Arc<RunContext>, node: usize, ticket: ForkTic
             ctx.state().results.insert(plan_node.step, host, &result);
             return NodeEnd::Done(Status::Skipped);
         }
-        Some(failures)
-    } else {
-        None
     };
     let need_changed = {
         let state = ctx.state();
@@ -69,19 +66,8 @@ pub(crate) async fn run_node(ctx: &Arc<RunContext>, node: usize, ticket: ForkTic
     if let Some(failures) = &failures {
         insert_failure_vars(&mut vars, failures);
     }
-    let items = match &step.for_each {
-        None => None,
-        Some(spec) => match items::expand(&ctx.templates, &ctx.env.masker, step, spec, &vars) {
-            Ok(items) => Some(items),
-            Err(message) => {
-                ctx.instance_failed(node, None, Status::Failed, &message);
-                ctx.emit(
-                    ctx.result(step, host, None, Status::Failed, Instant::now())
-                        .message(message),
-                );
-                return NodeEnd::Done(Status::Failed);
-            }
-        },
+    let Ok(items) = node_items(ctx, node, step, host, &vars) else {
+        return NodeEnd::Done(Status::Failed);
     };
     let vars = Arc::new(vars);
     let result = match items {
@@ -98,14 +84,44 @@ pub(crate) async fn run_node(ctx: &Arc<RunContext>, node: usize, ticket: ForkTic
             run_items(ctx, node, items, vars, need_changed).await
         }
     };
-    let status = match &result {
+    finish(ctx, node, step, host, &result).await
+}
+
+/// The `for_each` items of a node (`None` without `for_each`); `Err` when
+/// they cannot be had, which fails the node (reported here).
+fn node_items(
+    ctx: &RunContext,
+    node: usize,
+    step: &StepDef,
+    host: &str,
+    vars: &serde_json::Value,
+) -> Result<Option<Vec<Item>>, ()> {
+    let Some(spec) = &step.for_each else { return Ok(None) };
+    match items::expand(&ctx.templates, &ctx.env.masker, step, spec, vars) {
+        Ok(items) => Ok(Some(items)),
+        Err(message) => {
+            ctx.instance_failed(node, None, Status::Failed, &message);
+            ctx.emit(
+                ctx.result(step, host, None, Status::Failed, Instant::now())
+                    .message(message),
+            );
+            Err(())
+        }
+    }
+}
+
+/// Publish a node's result for later steps, notify its handlers when it
+/// changed something, and say how it ended.
+async fn finish(ctx: &Arc<RunContext>, node: usize, step: &StepDef, host: &str, result: &StepResult) -> NodeEnd {
+    let plan_step = ctx.plan.nodes[node].step;
+    let status = match result {
         StepResult::Single { status, .. } | StepResult::Items { status, .. } => *status,
     };
-    let changed = match &result {
+    let changed = match result {
         StepResult::Single { status, .. } => *status == Status::Changed,
         StepResult::Items { results, .. } => results.iter().any(|r| r.status == Status::Changed),
     };
-    ctx.state().results.insert(plan_node.step, host, &result);
+    ctx.state().results.insert(plan_step, host, result);
     if changed {
         notify(ctx, step, host);
     }
@@ -116,6 +132,19 @@ pub(crate) async fn run_node(ctx: &Arc<RunContext>, node: usize, ticket: ForkTic
         return NodeEnd::Done(Status::Ok);
     }
     NodeEnd::Done(status)
+}
+
+/// The failures a rescue node (`runs: on_failure | always`) handles
+/// (`None` for any other node), or why it has nothing to do.
+fn failures_to_handle(ctx: &RunContext, node: usize, runs: Runs) -> Result<Option<Vec<Failure>>, &'static str> {
+    if !runs.handles_failures() {
+        return Ok(None);
+    }
+    let failures = ctx.failures_for(node);
+    match rescue_not_needed(ctx, runs, &failures) {
+        Some(why) => Err(why),
+        None => Ok(Some(failures)),
+    }
 }
 
 /// Why a rescue node (`runs: on_failure | always`) has nothing to do, if it has not.

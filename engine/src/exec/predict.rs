@@ -209,11 +209,7 @@ impl Walk<'_> {
         let step = &self.plan.workflow.steps[plan_node.step];
         let host = &plan_node.host;
         let vars = self.vars(plan_node.step, host);
-        // A `when` that reads a step whose outputs only running gives is decided then.
-        let when_reads_hidden = step
-            .when
-            .as_deref()
-            .is_some_and(|when| self.hidden(plan_node.step, &host.name).any(|id| mentions(when, id)));
+        let when_reads_hidden = self.when_reads_hidden(plan_node.step, &host.name);
         let items: Option<Vec<Item>> = match &step.for_each {
             None => None,
             Some(spec) => Some(items::expand(self.pipeline.templates, self.pipeline.masker, step, spec, &vars).ok()?),
@@ -289,6 +285,15 @@ impl Walk<'_> {
     /// on other hosts are not all known is left out rather than shown partly.
     fn visible(&self, a: usize, host: &str) -> bool {
         self.results.has(a, host) || !self.incomplete.contains(&a)
+    }
+
+    /// Whether the `when` of `step` reads a step left out of its scope: one
+    /// whose outputs only running gives (then the run decides it).
+    fn when_reads_hidden(&self, step: usize, host: &str) -> bool {
+        self.plan.workflow.steps[step]
+            .when
+            .as_deref()
+            .is_some_and(|when| self.hidden(step, host).any(|id| mentions(when, id)))
     }
 
     /// The ids of the ancestors of `step` that [`Self::vars`] leaves out.

@@ -28,38 +28,19 @@ impl Inventory {
         let mut errs = Diagnostics::default();
         let (mut group, mut kind) = ("ungrouped".to_owned(), "hosts");
         for (i, raw) in src.text.lines().enumerate() {
-            let line_no = u32::try_from(i + 1).unwrap_or(u32::MAX);
             let line = raw.trim();
             if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
                 continue;
             }
-            let col = u32::try_from(raw.len() - raw.trim_start().len() + 1).unwrap_or(1);
-            let at = |c: u32, len: usize| crate::diag::Pos::new(line_no, c).with_len(u32::try_from(len).unwrap_or(1));
+            let at = IniLine {
+                src,
+                raw,
+                line_no: u32::try_from(i + 1).unwrap_or(u32::MAX),
+                col: u32::try_from(raw.len() - raw.trim_start().len() + 1).unwrap_or(1),
+            };
             if let Some(section) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-                let (g, k) = section.split_once(':').unwrap_or((section, "hosts"));
-                if !matches!(k, "hosts" | "vars" | "children") {
-                    errs.push(suggest(
-                        Diagnostic::at(src, at(col, line.len()), format!("unknown section kind `:{k}`")),
-                        k,
-                        &["vars", "children"],
-                        "section kinds",
-                    ));
-                    continue;
-                }
-                group = g.trim().to_owned();
-                kind = if k == "vars" {
-                    "vars"
-                } else if k == "children" {
-                    "children"
-                } else {
-                    "hosts"
-                };
-                inv.groups.entry(group.clone()).or_insert_with(|| Group {
-                    name: group.clone(),
-                    ..Group::default()
-                });
-                if group != "all" && !inv.groups["all"].children.contains(&group) {
-                    inv.groups["all"].children.push(group.clone());
+                if let Some((g, k)) = inv.ini_section(&at, section, &mut errs) {
+                    (group, kind) = (g, k);
                 }
                 continue;
             }
@@ -70,7 +51,7 @@ impl Inventory {
                     }
                     None => errs.push(Diagnostic::at(
                         src,
-                        at(col, line.len()),
+                        at.pos(at.col, line.len()),
                         "expected `key=value` in a `:vars` section",
                     )),
                 },
@@ -84,51 +65,109 @@ impl Inventory {
                         inv.groups[&group].children.push(child);
                     }
                 }
-                _ => {
-                    let mut words = line.split_whitespace();
-                    let name = words.next().unwrap_or_default().to_owned();
-                    let mut vars: Vec<(Key, Yaml)> = Vec::new();
-                    let mut offset = raw.find(&name).unwrap_or(0) + name.len();
-                    for w in words {
-                        let wcol = raw[offset..].find(w).map_or(offset, |p| p + offset);
-                        offset = wcol + w.len();
-                        let wpos = at(u32::try_from(wcol + 1).unwrap_or(1), w.len());
-                        match w.split_once('=') {
-                            Some((k, v)) => vars.push((
-                                Key {
-                                    name: k.to_owned(),
-                                    pos: wpos,
-                                },
-                                Yaml {
-                                    pos: wpos,
-                                    value: json_to_yvalue(&ini_value(v)),
-                                },
-                            )),
-                            None => errs.push(Diagnostic::at(
-                                src,
-                                wpos,
-                                format!("expected `key=value` after host `{name}`, found `{w}`"),
-                            )),
-                        }
-                    }
-                    let entry = inv.hosts.entry(name.clone()).or_insert_with(|| HostEntry {
-                        name: name.clone(),
-                        ..HostEntry::default()
-                    });
-                    let node = Yaml {
-                        pos: at(col, name.len()),
-                        value: YValue::Null,
-                    };
-                    apply_host_vars(src, &node, entry, vars, &mut errs);
-                    if !inv.groups[&group].hosts.contains(&name) {
-                        inv.groups[&group].hosts.push(name);
-                    }
-                }
+                _ => inv.ini_host(&at, &group, &mut errs),
             }
         }
         let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
         inv.load_var_dirs(&dir, &mut errs);
         errs.into_result(inv)
+    }
+
+    /// A `[group]`, `[group:vars]` or `[group:children]` header: the group
+    /// (created, and made a child of `all`) and the kind of lines that follow.
+    fn ini_section(
+        &mut self,
+        at: &IniLine<'_>,
+        section: &str,
+        errs: &mut Diagnostics,
+    ) -> Option<(String, &'static str)> {
+        let line = at.raw.trim();
+        let (g, k) = section.split_once(':').unwrap_or((section, "hosts"));
+        let kind = match k {
+            "hosts" => "hosts",
+            "vars" => "vars",
+            "children" => "children",
+            _ => {
+                errs.push(suggest(
+                    Diagnostic::at(
+                        at.src,
+                        at.pos(at.col, line.len()),
+                        format!("unknown section kind `:{k}`"),
+                    ),
+                    k,
+                    &["vars", "children"],
+                    "section kinds",
+                ));
+                return None;
+            }
+        };
+        let group = g.trim().to_owned();
+        self.groups.entry(group.clone()).or_insert_with(|| Group {
+            name: group.clone(),
+            ..Group::default()
+        });
+        if group != "all" && !self.groups["all"].children.contains(&group) {
+            self.groups["all"].children.push(group.clone());
+        }
+        Some((group, kind))
+    }
+
+    /// A `host key=value ...` line of `group`.
+    fn ini_host(&mut self, at: &IniLine<'_>, group: &str, errs: &mut Diagnostics) {
+        let (src, raw) = (at.src, at.raw);
+        let mut words = raw.split_whitespace();
+        let name = words.next().unwrap_or_default().to_owned();
+        let mut vars: Vec<(Key, Yaml)> = Vec::new();
+        let mut offset = raw.find(&name).unwrap_or(0) + name.len();
+        for w in words {
+            let wcol = raw[offset..].find(w).map_or(offset, |p| p + offset);
+            offset = wcol + w.len();
+            let wpos = at.pos(u32::try_from(wcol + 1).unwrap_or(1), w.len());
+            match w.split_once('=') {
+                Some((k, v)) => vars.push((
+                    Key {
+                        name: k.to_owned(),
+                        pos: wpos,
+                    },
+                    Yaml {
+                        pos: wpos,
+                        value: json_to_yvalue(&ini_value(v)),
+                    },
+                )),
+                None => errs.push(Diagnostic::at(
+                    src,
+                    wpos,
+                    format!("expected `key=value` after host `{name}`, found `{w}`"),
+                )),
+            }
+        }
+        let entry = self.hosts.entry(name.clone()).or_insert_with(|| HostEntry {
+            name: name.clone(),
+            ..HostEntry::default()
+        });
+        let node = Yaml {
+            pos: at.pos(at.col, name.len()),
+            value: YValue::Null,
+        };
+        apply_host_vars(src, &node, entry, vars, errs);
+        if !self.groups[group].hosts.contains(&name) {
+            self.groups[group].hosts.push(name);
+        }
+    }
+}
+
+/// A line of an INI inventory, for positions in it.
+struct IniLine<'a> {
+    src: &'a Arc<Source>,
+    raw: &'a str,
+    line_no: u32,
+    /// Where its text starts (1-based).
+    col: u32,
+}
+
+impl IniLine<'_> {
+    fn pos(&self, col: u32, len: usize) -> crate::diag::Pos {
+        crate::diag::Pos::new(self.line_no, col).with_len(u32::try_from(len).unwrap_or(1))
     }
 }
 

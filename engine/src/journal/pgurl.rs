@@ -128,6 +128,15 @@ fn decode(s: &str) -> String {
     percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
+/// What the URL itself says of the server and database (its query may
+/// say it again); the rest comes from the environment.
+struct Given {
+    host: Option<String>,
+    port: Option<u16>,
+    user: Option<String>,
+    dbname: Option<String>,
+}
+
 impl PgTarget {
     pub fn parse(url: &str) -> Result<Self, JournalError> {
         let bad = |m: String| JournalError::Config(format!("journal URL: {m}"));
@@ -141,7 +150,7 @@ impl PgTarget {
             Some((u, h)) => (Some(u), h),
             None => (None, authority),
         };
-        let (mut user, url_password) = match userinfo {
+        let (user, url_password) = match userinfo {
             Some(u) => match u.split_once(':') {
                 Some((n, p)) => (Some(decode(n)), Some(decode(p))),
                 None => (Some(decode(u)), None),
@@ -152,9 +161,9 @@ impl PgTarget {
         if host_text.contains(',') {
             return Err(bad("several hosts are not supported: name one server".into()));
         }
-        let mut host = (!host_text.is_empty()).then(|| decode(&host_text));
-        let mut port = port_text.map(|p| parse_port(&p)).transpose().map_err(bad)?;
-        let mut dbname = (!path.is_empty()).then(|| decode(path));
+        let host = (!host_text.is_empty()).then(|| decode(&host_text));
+        let port = port_text.map(|p| parse_port(&p)).transpose().map_err(bad)?;
+        let dbname = (!path.is_empty()).then(|| decode(path));
         let mut t = Self {
             user: String::new(),
             url_password,
@@ -168,25 +177,39 @@ impl PgTarget {
             connect_timeout: Duration::from_secs(10),
             application_name: "flowrun".into(),
         };
+        let mut given = Given {
+            host,
+            port,
+            user,
+            dbname,
+        };
+        t.apply_query(query, &mut given)?;
+        t.settle(given)?;
+        Ok(t)
+    }
+
+    /// The URL's query parameters (`?sslmode=...&schema=...`), over what the URL gave.
+    fn apply_query(&mut self, query: &str, given: &mut Given) -> Result<(), JournalError> {
+        let bad = |m: String| JournalError::Config(format!("journal URL: {m}"));
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let v = decode(v);
             match k {
-                "sslmode" => t.sslmode = SslMode::parse(&v)?,
-                "sslrootcert" => t.sslrootcert = Some(crate::paths::expand_home(&v)),
-                "schema" => t.schema = v,
-                "passfile" => t.passfile = Some(crate::paths::expand_home(&v)),
+                "sslmode" => self.sslmode = SslMode::parse(&v)?,
+                "sslrootcert" => self.sslrootcert = Some(crate::paths::expand_home(&v)),
+                "schema" => self.schema = v,
+                "passfile" => self.passfile = Some(crate::paths::expand_home(&v)),
                 "connect_timeout" => {
                     let secs: u64 = v
                         .parse()
                         .map_err(|_| bad(format!("`connect_timeout={v}` is not a number of seconds")))?;
-                    t.connect_timeout = Duration::from_secs(secs.max(1));
+                    self.connect_timeout = Duration::from_secs(secs.max(1));
                 }
-                "application_name" => t.application_name = v,
-                "host" => host = Some(v),
-                "port" => port = Some(parse_port(&v).map_err(bad)?),
-                "user" => user = Some(v),
-                "dbname" => dbname = Some(v),
+                "application_name" => self.application_name = v,
+                "host" => given.host = Some(v),
+                "port" => given.port = Some(parse_port(&v).map_err(bad)?),
+                "user" => given.user = Some(v),
+                "dbname" => given.dbname = Some(v),
                 other => {
                     return Err(bad(format!(
                         "unknown parameter `{other}`; valid: {}",
@@ -195,19 +218,29 @@ impl PgTarget {
                 }
             }
         }
-        if !valid_identifier(&t.schema) {
+        Ok(())
+    }
+
+    /// Host, port, user and database from the URL, else the `PG*`
+    /// environment, else libpq's defaults; then the checks of the whole.
+    fn settle(&mut self, given: Given) -> Result<(), JournalError> {
+        let bad = |m: String| JournalError::Config(format!("journal URL: {m}"));
+        if !valid_identifier(&self.schema) {
             return Err(bad(format!(
                 "`schema={}` must be a lowercase identifier (letters, digits, `_`)",
-                t.schema
+                self.schema
             )));
         }
-        let host = host.or_else(|| env("PGHOST")).unwrap_or_else(|| "localhost".into());
-        t.host = if host.starts_with('/') {
+        let host = given
+            .host
+            .or_else(|| env("PGHOST"))
+            .unwrap_or_else(|| "localhost".into());
+        self.host = if host.starts_with('/') {
             PgHost::Unix(PathBuf::from(host))
         } else {
             PgHost::Tcp(host)
         };
-        t.port = match port {
+        self.port = match given.port {
             Some(p) => p,
             None => env("PGPORT")
                 .map(|p| parse_port(&p))
@@ -215,22 +248,24 @@ impl PgTarget {
                 .map_err(bad)?
                 .unwrap_or(5432),
         };
-        t.user = user
+        self.user = given
+            .user
             .filter(|u| !u.is_empty())
             .or_else(|| env("PGUSER"))
             .or_else(|| env("USER"))
             .unwrap_or_else(|| "postgres".into());
-        t.dbname = dbname
+        self.dbname = given
+            .dbname
             .filter(|d| !d.is_empty())
             .or_else(|| env("PGDATABASE"))
-            .unwrap_or_else(|| t.user.clone());
-        if t.sslmode == SslMode::Disable && !t.is_loopback() {
+            .unwrap_or_else(|| self.user.clone());
+        if self.sslmode == SslMode::Disable && !self.is_loopback() {
             return Err(bad(format!(
                 "`sslmode=disable` is only allowed for a server on loopback, not `{}`: use `sslmode=verify-full` with `sslrootcert=CA_FILE`",
-                t.host_label()
+                self.host_label()
             )));
         }
-        Ok(t)
+        Ok(())
     }
 
     /// Whether the URL itself carries a password (refused on the command line).

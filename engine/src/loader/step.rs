@@ -175,41 +175,11 @@ fn fields(
             .and_then(Yaml::as_str)
             .and_then(Runs::parse)
             .is_some_and(Runs::handles_failures);
-    let for_each = get("for_each").and_then(|v| match &v.value {
-        YValue::Seq(_) | YValue::Str(_) => Some(v.clone()),
-        _ => {
-            errs.push(Diagnostic::at(
-                src,
-                v.pos,
-                "`for_each` must be a list or a template that renders to one",
-            ));
-            None
-        }
-    });
-    let label = get("label").and_then(|v| text(src, v, "label", errs));
-    if let (Some(l), None) = (&label, get("for_each")) {
-        errs.push(
-            Diagnostic::at(
-                src,
-                l.pos,
-                "`label` names the items of `for_each`, and this step has none",
-            )
-            .help("remove `label`, or add `for_each`"),
-        );
-    }
+    let (for_each, label) = for_each_and_label(src, node, errs);
     let list = |key: &str, errs: &mut Diagnostics| get(key).map(|v| text_list(src, v, key, errs)).unwrap_or_default();
     let needs = list("needs", errs);
     let runs = parse_runs(src, node, needs.is_empty(), errs);
-    if runs.handles_failures() && get("journal").is_some_and(|v| matches!(v.value, YValue::Bool(true))) {
-        errs.push(Diagnostic::at(
-            src,
-            get("journal").map_or(node.pos, |v| v.pos),
-            format!(
-                "a `runs: {}` step always runs when it runs: it is never taken from the journal, so `journal: true` cannot hold",
-                runs.as_str()
-            ),
-        ));
-    }
+    check_journal_with_runs(src, node, runs, errs);
     RawStep {
         source: src.clone(),
         handler,
@@ -237,6 +207,52 @@ fn fields(
             .unwrap_or(false),
         kind,
         with,
+    }
+}
+
+/// `for_each` (a list, or a template that renders to one) and `label`
+/// (which needs it).
+fn for_each_and_label(src: &Arc<Source>, node: &Yaml, errs: &mut Diagnostics) -> (Option<Yaml>, Option<Text>) {
+    let for_each = node.get("for_each").and_then(|v| match &v.value {
+        YValue::Seq(_) | YValue::Str(_) => Some(v.clone()),
+        _ => {
+            errs.push(Diagnostic::at(
+                src,
+                v.pos,
+                "`for_each` must be a list or a template that renders to one",
+            ));
+            None
+        }
+    });
+    let label = node.get("label").and_then(|v| text(src, v, "label", errs));
+    if let (Some(l), None) = (&label, node.get("for_each")) {
+        errs.push(
+            Diagnostic::at(
+                src,
+                l.pos,
+                "`label` names the items of `for_each`, and this step has none",
+            )
+            .help("remove `label`, or add `for_each`"),
+        );
+    }
+    (for_each, label)
+}
+
+/// `journal: true` cannot hold on a step that runs on failure or always.
+fn check_journal_with_runs(src: &Source, node: &Yaml, runs: Runs, errs: &mut Diagnostics) {
+    if runs.handles_failures()
+        && node
+            .get("journal")
+            .is_some_and(|v| matches!(v.value, YValue::Bool(true)))
+    {
+        errs.push(Diagnostic::at(
+            src,
+            node.get("journal").map_or(node.pos, |v| v.pos),
+            format!(
+                "a `runs: {}` step always runs when it runs: it is never taken from the journal, so `journal: true` cannot hold",
+                runs.as_str()
+            ),
+        ));
     }
 }
 

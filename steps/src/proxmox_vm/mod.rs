@@ -468,37 +468,7 @@ impl Step for ProxmoxVm {
             let qemu = |id: u32| format!("/nodes/{}/qemu/{id}", segment(&node));
             match action {
                 Action::Clone => {
-                    let template = self.template.unwrap_or_default();
-                    let src_node = obs.template_node.clone().unwrap_or_else(|| self.node.clone());
-                    let path = format!("/nodes/{}/qemu/{template}/clone", segment(&src_node));
-                    // `/cluster/nextid` only suggests an id: clones made at the same time (by
-                    // this run or anyone) race for it, and the loser is told the config file
-                    // already exists. Take the next free id then, a bounded number of times.
-                    let mut attempt = 0;
-                    loop {
-                        attempt += 1;
-                        vmid = match self.vmid {
-                            Some(v) => v,
-                            None => pve.next_id().await?,
-                        };
-                        let mut form = vec![
-                            ("newid".to_owned(), vmid.to_string()),
-                            ("name".to_owned(), self.name.clone()),
-                            ("full".to_owned(), if self.full { "1" } else { "0" }.to_owned()),
-                        ];
-                        if src_node != self.node {
-                            form.push(("target".into(), self.node.clone()));
-                        }
-                        if let Some(s) = &self.storage {
-                            form.push(("storage".into(), s.clone()));
-                        }
-                        match pve.task(Req::post(path.clone()).form(form), &line, timeout).await {
-                            Err(e) if self.vmid.is_none() && attempt < 10 && e.message.contains("already exists") => {
-                                tracing::info!("vm id {vmid} was taken by a concurrent clone; taking the next one");
-                            }
-                            r => break r?,
-                        }
-                    }
+                    vmid = self.clone_vm(&pve, &obs, &line).await?;
                     node.clone_from(&self.node);
                 }
                 Action::Configure(planned) => {
@@ -552,16 +522,56 @@ impl Step for ProxmoxVm {
         }
         // A running VM changed in place: its address is still an output.
         if ip.is_none() && running && vmid != 0 {
-            let addr = match self.state.as_str() {
-                "started" => Some(pve.wait_ip(&node, vmid, self.wait_ip_timeout).await?),
-                "present" => pve.agent_ip(&node, vmid).await.ok().flatten(),
-                _ => None,
+            ip = self.address_in_place(cx, &pve, &node, vmid).await?;
+        }
+        Ok(self.applied(vmid, &node, ip, running, &done))
+    }
+}
+
+impl ProxmoxVm {
+    /// Clone the template into a new VM; its id. `/cluster/nextid` only
+    /// suggests an id: clones made at the same time (by this run or anyone)
+    /// race for it, and the loser is told the config file already exists.
+    /// Take the next free id then, a bounded number of times.
+    async fn clone_vm(&self, pve: &Pve<'_>, obs: &Observed, line: &str) -> Result<u32, StepError> {
+        let template = self.template.unwrap_or_default();
+        let src_node = obs.template_node.clone().unwrap_or_else(|| self.node.clone());
+        let path = format!("/nodes/{}/qemu/{template}/clone", segment(&src_node));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let vmid = match self.vmid {
+                Some(v) => v,
+                None => pve.next_id().await?,
             };
-            if let Some(addr) = addr {
-                self.publish_ip(cx, &pve, &node, vmid, &addr.to_string()).await?;
-                ip = Some(addr.to_string());
+            let mut form = vec![
+                ("newid".to_owned(), vmid.to_string()),
+                ("name".to_owned(), self.name.clone()),
+                ("full".to_owned(), if self.full { "1" } else { "0" }.to_owned()),
+            ];
+            if src_node != self.node {
+                form.push(("target".into(), self.node.clone()));
+            }
+            if let Some(s) = &self.storage {
+                form.push(("storage".into(), s.clone()));
+            }
+            match pve
+                .task(Req::post(path.clone()).form(form), line, self.task_timeout)
+                .await
+            {
+                Err(e) if self.vmid.is_none() && attempt < 10 && e.message.contains("already exists") => {
+                    tracing::info!("vm id {vmid} was taken by a concurrent clone; taking the next one");
+                }
+                r => {
+                    r?;
+                    return Ok(vmid);
+                }
             }
         }
+    }
+
+    /// What `apply` did, as outputs: the VM's state after `done`.
+    fn applied(&self, vmid: u32, node: &str, ip: Option<String>, running: bool, done: &[String]) -> Applied {
         let status = if self.state == "absent" {
             "absent"
         } else if running {
@@ -570,8 +580,27 @@ impl Step for ProxmoxVm {
             "stopped"
         };
         let vmid = (self.state != "absent" && vmid != 0).then_some(vmid);
-        let mut applied = Applied::changed(self.outputs(vmid, &node, ip, status));
+        let mut applied = Applied::changed(self.outputs(vmid, node, ip, status));
         applied.changed = !done.is_empty();
-        Ok(applied.message(done.join("; ")))
+        applied.message(done.join("; "))
+    }
+
+    /// The address of a running VM changed in place (published, as after a
+    /// start): waited for with `state: started`, asked once with `present`.
+    async fn address_in_place(
+        &self,
+        cx: &StepContext,
+        pve: &Pve<'_>,
+        node: &str,
+        vmid: u32,
+    ) -> Result<Option<String>, StepError> {
+        let addr = match self.state.as_str() {
+            "started" => Some(pve.wait_ip(node, vmid, self.wait_ip_timeout).await?),
+            "present" => pve.agent_ip(node, vmid).await.ok().flatten(),
+            _ => None,
+        };
+        let Some(addr) = addr else { return Ok(None) };
+        self.publish_ip(cx, pve, node, vmid, &addr.to_string()).await?;
+        Ok(Some(addr.to_string()))
     }
 }

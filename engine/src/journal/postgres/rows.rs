@@ -408,6 +408,27 @@ pub(super) fn export(
         })?;
     }
     drop(rows);
+    export_records(&mut tx, each, &fail)?;
+    for r in tx
+        .query("SELECT workflow, host, handler FROM pending_handlers", &[])
+        .map_err(fail)?
+    {
+        each(Item::Pending {
+            workflow: r.get(0),
+            host: r.get(1),
+            handler: r.get(2),
+        })?;
+    }
+    tx.commit().map_err(fail)
+}
+
+/// The `records` table, for [`export`].
+fn export_records(
+    tx: &mut postgres::Transaction<'_>,
+    each: &mut dyn FnMut(Item) -> Result<(), JournalError>,
+    fail: &dyn Fn(postgres::Error) -> JournalError,
+) -> Result<(), JournalError> {
+    let none: [&str; 0] = [];
     let mut rows = tx
         .query_raw(
             "SELECT workflow, step_id, item, host, fingerprint, status, outputs, outputs_enc, run_id, updated_at FROM records",
@@ -433,17 +454,7 @@ pub(super) fn export(
         })?;
     }
     drop(rows);
-    for r in tx
-        .query("SELECT workflow, host, handler FROM pending_handlers", &[])
-        .map_err(fail)?
-    {
-        each(Item::Pending {
-            workflow: r.get(0),
-            host: r.get(1),
-            handler: r.get(2),
-        })?;
-    }
-    tx.commit().map_err(fail)
+    Ok(())
 }
 
 pub(super) fn import(pg: &mut Postgres, chunks: &mpsc::Receiver<Option<Vec<Item>>>) -> Result<(), JournalError> {
