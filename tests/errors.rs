@@ -424,3 +424,20 @@ fn runs_is_checked() {
         "`failure` is defined only in a step with `runs: on_failure` or `runs: always`",
     );
 }
+
+/// Status codes (`expect_rc`, `expect_status`) written literally are checked at load.
+#[test]
+fn literal_status_codes_are_checked_at_load() {
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: command\n    with: { argv: [true], expect_rc: lots }\n"),
+        "wf.yml:7:38",
+        "parameter `expect_rc` of step `x`: expected an integer, a list of integers or a range like \"200-299\", got `\"lots\"`",
+    );
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: http\n    with: { url: \"http://127.0.0.1:9/\", expect_status: [] }\n"),
+        "wf.yml:7:",
+        "parameter `expect_status` of step `x`: must list at least one code",
+    );
+}

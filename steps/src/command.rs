@@ -7,8 +7,8 @@
 use crate::params::Params;
 use crate::status::Codes;
 use flowrun_engine::step::{
-    Applied, BuildContext, Check, KindInfo, Outputs, ParamSpec, ParamType, Pending, Step, StepContext, StepError,
-    StepKind,
+    Applied, BuildContext, Check, KindInfo, LiteralProblem, Outputs, ParamSpec, ParamType, Pending, Step, StepContext,
+    StepError, StepKind,
 };
 use flowrun_engine::transport::{quote, ExecOutput, ExecRequest, Program};
 use serde_json::{Map, Value};
@@ -73,6 +73,11 @@ static INFO: KindInfo = KindInfo {
 impl StepKind for CommandKind {
     fn info(&self) -> &'static KindInfo {
         &INFO
+    }
+
+    /// A literal `expect_rc` must give codes: known when the workflow loads.
+    fn check_literals(&self, literals: &Map<String, Value>) -> Vec<LiteralProblem> {
+        Codes::check_literal(literals, "expect_rc").into_iter().collect()
     }
 
     fn build(&self, params: &Map<String, Value>, _cx: &BuildContext<'_>) -> Result<Box<dyn Step>, StepError> {

@@ -8,8 +8,8 @@ use crate::http_client;
 use crate::params::Params;
 use crate::status::Codes;
 use flowrun_engine::step::{
-    Applied, BuildContext, Check, KindInfo, Outputs, ParamSpec, ParamType, Pending, Step, StepContext, StepError,
-    StepKind,
+    Applied, BuildContext, Check, KindInfo, LiteralProblem, Outputs, ParamSpec, ParamType, Pending, Step, StepContext,
+    StepError, StepKind,
 };
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::Method;
@@ -74,6 +74,11 @@ static INFO: KindInfo = KindInfo {
 impl StepKind for HttpKind {
     fn info(&self) -> &'static KindInfo {
         &INFO
+    }
+
+    /// A literal `expect_status` must give codes: known when the workflow loads.
+    fn check_literals(&self, literals: &Map<String, Value>) -> Vec<LiteralProblem> {
+        Codes::check_literal(literals, "expect_status").into_iter().collect()
     }
 
     fn build(&self, params: &Map<String, Value>, cx: &BuildContext<'_>) -> Result<Box<dyn Step>, StepError> {

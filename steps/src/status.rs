@@ -3,8 +3,8 @@
 //! as an integer, a list of integers, or ranges such as `"200-299"`.
 
 use crate::params::Params;
-use flowrun_engine::step::StepError;
-use serde_json::Value;
+use flowrun_engine::step::{LiteralProblem, StepError};
+use serde_json::{Map, Value};
 use std::fmt;
 
 /// Inclusive ranges of accepted codes.
@@ -22,13 +22,19 @@ impl Codes {
 
     /// The codes given in parameter `name`, or `None` when it is absent.
     pub fn from_param(p: &Params<'_>, name: &str) -> Result<Option<Self>, StepError> {
-        let Some(v) = p.get(name) else { return Ok(None) };
-        let bad = |what: &str| {
-            StepError::param(
-                name,
-                format!("expected an integer, a list of integers or a range like \"200-299\", got {what}"),
-            )
-        };
+        Self::parse(p.get(name)).map_err(|e| StepError::param(name, e))
+    }
+
+    /// A literal `name` that gives no codes, found when the workflow loads.
+    pub fn check_literal(literals: &Map<String, Value>, name: &str) -> Option<LiteralProblem> {
+        let v = literals.get(name).filter(|v| !v.is_null());
+        Self::parse(v).err().map(|e| LiteralProblem::new(name, e))
+    }
+
+    fn parse(v: Option<&Value>) -> Result<Option<Self>, String> {
+        let Some(v) = v else { return Ok(None) };
+        let bad =
+            |what: &str| format!("expected an integer, a list of integers or a range like \"200-299\", got {what}");
         let items: Vec<Value> = match v {
             Value::Array(items) => items.clone(),
             // A list rendered through `{{json x}}` arrives as its JSON text.
@@ -39,7 +45,7 @@ impl Codes {
             other => vec![other.clone()],
         };
         if items.is_empty() {
-            return Err(StepError::param(name, "must list at least one code"));
+            return Err("must list at least one code".into());
         }
         let mut ranges = Vec::new();
         for item in &items {
