@@ -441,3 +441,20 @@ fn literal_status_codes_are_checked_at_load() {
         "parameter `expect_status` of step `x`: must list at least one code",
     );
 }
+
+/// What a kind parses itself (firewall rules, a disk size) is checked at load when literal.
+#[test]
+fn literal_rules_and_sizes_are_checked_at_load() {
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: firewall\n    with: { rules: [{ port: 99999 }] }\n"),
+        "wf.yml:7:20",
+        "parameter `rules` of step `x`: rule 1: `port` must be 1-65535 or a range like 8000-8080, got 99999",
+    );
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: github_runner\n    with: { repo: a/b, token: t, state: select, candidates: [], min_free_disk: lots }\n"),
+        "wf.yml:7:",
+        "parameter `min_free_disk` of step `x`: expected a size like `2G`, got `lots`",
+    );
+}

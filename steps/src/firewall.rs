@@ -20,10 +20,10 @@
 mod rules;
 
 use crate::diff::file_diff;
-use crate::params::Params;
+use crate::params::{literal_problem, Params};
 use flowrun_engine::step::{
-    Applied, BuildContext, Check, KindInfo, Outputs, ParamSpec, ParamType, Pending, Step, StepContext, StepError,
-    StepKind,
+    Applied, BuildContext, Check, KindInfo, LiteralProblem, Outputs, ParamSpec, ParamType, Pending, Step, StepContext,
+    StepError, StepKind,
 };
 use flowrun_engine::transport::ExecRequest;
 use rules::Rule;
@@ -72,6 +72,14 @@ static INFO: KindInfo = KindInfo {
 impl StepKind for FirewallKind {
     fn info(&self) -> &'static KindInfo {
         &INFO
+    }
+
+    /// Literal `rules` must parse: known when the workflow loads.
+    fn check_literals(&self, literals: &Map<String, Value>) -> Vec<LiteralProblem> {
+        match literals.get("rules").map(rules::parse) {
+            Some(Err(e)) => vec![literal_problem("rules", &e)],
+            _ => Vec::new(),
+        }
     }
 
     fn build(&self, params: &Map<String, Value>, _cx: &BuildContext<'_>) -> Result<Box<dyn Step>, StepError> {

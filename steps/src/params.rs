@@ -2,7 +2,7 @@
 //! parameter. The loader has already rejected unknown names and literal values
 //! of the wrong type; what reaches here may still come from a template.
 
-use flowrun_engine::step::StepError;
+use flowrun_engine::step::{LiteralProblem, StepError};
 use serde_json::{Map, Value};
 use std::time::Duration;
 
@@ -187,4 +187,11 @@ fn kind(v: &Value) -> &'static str {
         Value::Array(_) => "a list",
         Value::Object(_) => "a mapping",
     }
+}
+
+/// A build error of parameter `name` as a load-time [`LiteralProblem`]: the
+/// loader names the parameter and the step itself.
+pub fn literal_problem(name: &str, e: &StepError) -> LiteralProblem {
+    let prefix = format!("parameter `{name}`: ");
+    LiteralProblem::new(name, e.message.strip_prefix(&prefix).unwrap_or(&e.message))
 }

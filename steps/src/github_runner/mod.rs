@@ -22,8 +22,8 @@ mod select;
 use crate::params::Params;
 use api::Gh;
 use flowrun_engine::step::{
-    Applied, BuildContext, Check, KindInfo, Outputs, ParamSpec, ParamType, Pending, Step, StepContext, StepError,
-    StepKind,
+    Applied, BuildContext, Check, KindInfo, LiteralProblem, Outputs, ParamSpec, ParamType, Pending, Step, StepContext,
+    StepError, StepKind,
 };
 use serde_json::{json, Map, Value};
 use std::sync::OnceLock;
@@ -153,6 +153,17 @@ fn split_labels(items: Vec<String>) -> Vec<String> {
 impl StepKind for GithubRunnerKind {
     fn info(&self) -> &'static KindInfo {
         &INFO
+    }
+
+    /// A literal `min_free_disk` must be a size: known when the workflow loads.
+    fn check_literals(&self, literals: &Map<String, Value>) -> Vec<LiteralProblem> {
+        match literals.get("min_free_disk") {
+            Some(Value::String(min)) if parse_size(min).is_none() => vec![LiteralProblem::new(
+                "min_free_disk",
+                format!("expected a size like `2G`, got `{min}`"),
+            )],
+            _ => Vec::new(),
+        }
     }
 
     fn build(&self, params: &Map<String, Value>, cx: &BuildContext<'_>) -> Result<Box<dyn Step>, StepError> {
