@@ -440,6 +440,13 @@ fn literal_status_codes_are_checked_at_load() {
         "wf.yml:7:",
         "parameter `expect_status` of step `x`: must list at least one code",
     );
+    // In a list: at the item.
+    rejects(
+        &[],
+        &wf("  - id: x\n    uses: http\n    with: { url: \"http://127.0.0.1:9/\", expect_status: [200, \"3xx\"] }\n"),
+        "wf.yml:7:62",
+        "got `\"3xx\"`",
+    );
 }
 
 /// What a kind parses itself (firewall rules, a disk size) is checked at load when literal.

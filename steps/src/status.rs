@@ -3,7 +3,7 @@
 //! as an integer, a list of integers, or ranges such as `"200-299"`.
 
 use crate::params::Params;
-use flowrun_engine::step::{LiteralProblem, StepError};
+use flowrun_engine::step::{LiteralProblem, StepError, ValuePath};
 use serde_json::{Map, Value};
 use std::fmt;
 
@@ -28,7 +28,17 @@ impl Codes {
     /// A literal `name` that gives no codes, found when the workflow loads.
     pub fn check_literal(literals: &Map<String, Value>, name: &str) -> Option<LiteralProblem> {
         let v = literals.get(name).filter(|v| !v.is_null());
-        Self::parse(v).err().map(|e| LiteralProblem::new(name, e))
+        let e = Self::parse(v).err()?;
+        // In a list, at the item that gives no code.
+        let bad_item = v.and_then(Value::as_array).and_then(|items| {
+            items
+                .iter()
+                .position(|i| Self::parse(Some(&Value::Array(vec![i.clone()]))).is_err())
+        });
+        Some(match bad_item {
+            Some(i) => LiteralProblem::new(name, e).within(ValuePath::Index(i)),
+            None => LiteralProblem::new(name, e),
+        })
     }
 
     fn parse(v: Option<&Value>) -> Result<Option<Self>, String> {
