@@ -160,7 +160,7 @@ impl Transport for LocalTransport {
         become_: Option<&Become>,
     ) -> Result<(), TransportError> {
         if needs_sudo(become_) || attrs.owner.is_some() || attrs.group.is_some() {
-            let req = ExecRequest::shell(shell::write_script(path, attrs, None))
+            let req = ExecRequest::shell(shell::write_script(path, attrs, None)?)
                 .stdin(content.to_vec())
                 .become_(become_.cloned());
             let out = self.exec(req).await?;
@@ -347,7 +347,7 @@ mod tests {
         assert_eq!(native.mode, 0o600);
         // Shell write path (as used over SSH) keeps the mode when none is given.
         let out = t
-            .exec(ExecRequest::shell(shell::write_script(p, &FileAttrs::default(), None)).stdin("bye\n"))
+            .exec(ExecRequest::shell(shell::write_script(p, &FileAttrs::default(), None).unwrap()).stdin("bye\n"))
             .await
             .unwrap();
         assert_eq!(out.rc, 0, "{}", out.stderr_str());

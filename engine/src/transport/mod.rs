@@ -345,7 +345,7 @@ pub trait Transport: Send + Sync {
         attrs: &FileAttrs,
         become_: Option<&Become>,
     ) -> Result<(), TransportError> {
-        let req = ExecRequest::shell(shell::write_script(path, attrs, None))
+        let req = ExecRequest::shell(shell::write_script(path, attrs, None)?)
             .stdin(content.to_vec())
             .quick()
             .become_(become_.cloned());

@@ -306,8 +306,9 @@ pub fn inline_text(content: &[u8]) -> Option<&str> {
 /// or is `inline` in the script, written by the shell's `printf` builtin (use
 /// it only where `printf` is a builtin: the content must stay out of argv).
 /// Besides, only `chmod` (for a mode, or the old file's), `chown` (for an
-/// owner or group, or the old file's when it differs) and `mv` run.
-pub fn write_script(path: &str, attrs: &FileAttrs, inline: Option<&str>) -> String {
+/// owner or group, or the old file's when it differs) and `mv` run. Fails
+/// only when the system gives no random bytes for the temp name.
+pub fn write_script(path: &str, attrs: &FileAttrs, inline: Option<&str>) -> Result<String, TransportError> {
     let p = quote(path);
     let d = match path.rfind('/') {
         None => ".",
@@ -315,7 +316,11 @@ pub fn write_script(path: &str, attrs: &FileAttrs, inline: Option<&str>) -> Stri
         Some(i) => &path[..i],
     };
     let mut r = [0u8; 6];
-    let _ = getrandom::fill(&mut r);
+    getrandom::fill(&mut r).map_err(|e| {
+        TransportError::Failed(format!(
+            "cannot name a temporary file for `{path}`: no random bytes: {e}"
+        ))
+    })?;
     let tag = crate::transport::local::hex(&r);
     // Every failure removes the temp file and returns its status (and `set -C` is undone).
     let or_fail = "|| { __frq_fail; return; }";
@@ -362,7 +367,7 @@ pub fn write_script(path: &str, attrs: &FileAttrs, inline: Option<&str>) -> Stri
         }
     }
     let _ = writeln!(s, "mv -f -- \"$__frq_t\" \"$__frq_p\" {or_fail}");
-    as_function("__frq_write", &s)
+    Ok(as_function("__frq_write", &s))
 }
 
 #[cfg(test)]
@@ -427,9 +432,9 @@ mod tests {
             stat_script(&file, true),
             read_stat_script(&file),
             read_script(&format!("{d}/absent")),
-            write_script(&format!("{d}/new"), &mode600, Some("new\n")),
-            write_script(&format!("{d}/absent/x"), &FileAttrs::default(), Some("x")),
-            write_script(&file, &FileAttrs::default(), Some("bye\n")),
+            write_script(&format!("{d}/new"), &mode600, Some("new\n")).unwrap(),
+            write_script(&format!("{d}/absent/x"), &FileAttrs::default(), Some("x")).unwrap(),
+            write_script(&file, &FileAttrs::default(), Some("bye\n")).unwrap(),
             read_script(&file),
         ];
         // What each prints, its status, in the helper's way: `eval` in a function.

@@ -534,7 +534,7 @@ impl Transport for SshTransport {
     ) -> Result<(), TransportError> {
         let builtin = self.inner.helpers.facts().is_some_and(|f| f.printf_builtin);
         let inline = if builtin { shell::inline_text(content) } else { None };
-        let mut req = ExecRequest::shell(shell::write_script(path, attrs, inline))
+        let mut req = ExecRequest::shell(shell::write_script(path, attrs, inline)?)
             .quick()
             .become_(become_.cloned());
         if inline.is_none() {

@@ -286,12 +286,13 @@ fn main() {
         if let Some(k) = &o.keep {
             flowrun_setup(k, &hosts, o.kex.as_deref());
             println!(
-                "{n} hosts up; in {}: flowrun run web.yml -i hosts.yml (Ctrl-C ends)",
+                "{n} hosts up; in {}: flowrun run web.yml -i hosts.yml (Ctrl-C or SIGTERM ends)",
                 k.display()
             );
-            loop {
-                std::thread::park();
-            }
+            wait_for_stop();
+            // Dropping the hosts stops their sshd and removes their directories.
+            drop(hosts);
+            return;
         }
         println!(
             "\n== {n} hosts x 10 steps, --forks 10, {} repetition(s), SSH key exchange: {}",
@@ -311,6 +312,23 @@ fn main() {
         println!("after: load average {}", loadavg());
         report(n, &all);
     }
+}
+
+/// Block until SIGINT (Ctrl-C) or SIGTERM, so that `--keep` ends by
+/// dropping its hosts instead of leaving their sshd running.
+fn wait_for_stop() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("a signal runtime");
+    rt.block_on(async {
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    });
 }
 
 /// The machine's 1, 5 and 15 minute load averages (other work shares the cores).
