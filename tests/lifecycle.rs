@@ -72,6 +72,16 @@ fn etc_snapshot(lab: &Lab, vmid: u32) -> Vec<(PathBuf, std::time::SystemTime)> {
 /// from the same first id, so two at once would give two VMs one address.
 pub static GITLAB_LAB_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// A GitLab lab with one runner VM under `dir` (hold [`GITLAB_LAB_LOCK`]).
+pub fn start_lab(dir: &Path) -> Lab {
+    Lab::start(&LabOptions {
+        dir: dir.join("lab"),
+        runners: 1,
+        project: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+    })
+    .expect("the lab starts")
+}
+
 #[test]
 fn provision_validate_break_repair_reprovision() {
     if !crate::harness::is_root() {
@@ -82,12 +92,7 @@ fn provision_validate_break_repair_reprovision() {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().unwrap();
-    let lab = Lab::start(&LabOptions {
-        dir: dir.path().join("lab"),
-        runners: 1,
-        project: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
-    })
-    .expect("the lab starts");
+    let lab = start_lab(dir.path());
     let (provision, validate, reprovision) = (
         wf("provision-gitlab-runner"),
         wf("validate-gitlab-runner"),

@@ -573,17 +573,11 @@ fn the_shipped_workflows_in_the_lab() {
         eprintln!("skipped: the lab needs root (mount namespaces and overlays)");
         return;
     }
-    use flowrun_lab::lab::{Lab, LabOptions};
     let _one = crate::lifecycle::GITLAB_LAB_LOCK
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().unwrap();
-    let lab = Lab::start(&LabOptions {
-        dir: dir.path().join("lab"),
-        runners: 1,
-        project: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
-    })
-    .expect("the lab starts");
+    let lab = crate::lifecycle::start_lab(dir.path());
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_flowrun"));
     let wf = |name: &str| {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
