@@ -56,6 +56,13 @@ fn ten_hosts_converge_then_rerun_opens_no_connection_and_verify_finds_no_drift()
         hosts.iter().map(SshdHost::connections_accepted).collect::<Vec<_>>()
     );
 
+    // At most one round trip to check and one to apply per step instance
+    // (11 on each host, the handler included), counted on the hosts.
+    let first = commands(&hosts);
+    assert!(
+        first.iter().all(|&c| c <= 2 * 11),
+        "remote commands per host: {first:?}"
+    );
     let before = commands(&hosts);
     let r = sb.run(&["run", "web.yml", "-i", "hosts.yml"], 0);
     for h in &hosts {
@@ -82,9 +89,11 @@ fn ten_hosts_converge_then_rerun_opens_no_connection_and_verify_finds_no_drift()
             r.stdout
         );
     }
+    // --verify probes each of the 10 instances once; nothing had drifted.
+    let verify: Vec<usize> = commands(&hosts).iter().zip(&before).map(|(a, b)| a - b).collect();
     assert!(
-        commands(&hosts).iter().zip(&before).all(|(a, b)| a > b),
-        "--verify did not check the hosts"
+        verify.iter().all(|&c| (1..=10).contains(&c)),
+        "--verify's remote commands per host: {verify:?}"
     );
     r.stdout_has("ok: [web-01] app-conf\n");
 }
