@@ -113,6 +113,21 @@ impl std::fmt::Debug for SshTransport {
 }
 
 impl SshTransport {
+    /// One stat probe (with the file's hash when `hash`) in the remote
+    /// helper's own shell.
+    async fn probe(
+        &self,
+        path: &str,
+        hash: bool,
+        become_: Option<&Become>,
+    ) -> Result<Option<FileStat>, TransportError> {
+        let out = self
+            .inner
+            .exec(own(shell::stat_script(path, hash), become_), true)
+            .await?;
+        shell::parse_stat(path, &out)
+    }
+
     /// Connect to `host` now; its address is read once, here.
     pub async fn connect(host: &Host, opts: &SshOptions) -> Result<Self, TransportError> {
         let t = Self::build(host, Address::Fixed(host.address()), opts)?;
@@ -491,20 +506,12 @@ impl Transport for SshTransport {
 
     /// As the default, run in the remote helper's own shell (no process for the probe itself).
     async fn stat(&self, path: &str, become_: Option<&Become>) -> Result<Option<FileStat>, TransportError> {
-        let out = self
-            .inner
-            .exec(own(shell::stat_script(path, true), become_), true)
-            .await?;
-        shell::parse_stat(path, &out)
+        self.probe(path, true, become_).await
     }
 
     /// As the default, run in the remote helper's own shell.
     async fn metadata(&self, path: &str, become_: Option<&Become>) -> Result<Option<FileStat>, TransportError> {
-        let out = self
-            .inner
-            .exec(own(shell::stat_script(path, false), become_), true)
-            .await?;
-        shell::parse_stat(path, &out)
+        self.probe(path, false, become_).await
     }
 
     /// As the default, run in the remote helper's own shell.
